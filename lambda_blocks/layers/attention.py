@@ -44,22 +44,34 @@ class VanillaAttention(TokenMixer):
         heads: number of heads.
         dim_head: per-head depth (default C // heads; then heads must divide C).
         context_dim: channels of the context tokens (default C).
+        mode: ``both`` (self-attention, or cross-attention when context is given), ``self`` (no
+            context projection) or ``cross`` (context required). The U-Net uses ``self``/``cross`` so
+            no parameter sits unused.
 
     Shapes: x (B, C, H, W), context (B, L, context_dim) or None -> (B, C, H, W).
     """
 
     supports_context = True
 
-    def __init__(self, dim: int, heads: int = 4, dim_head: int | None = None, context_dim: int | None = None):
+    def __init__(
+        self, dim: int, heads: int = 4, dim_head: int | None = None, context_dim: int | None = None, mode: str = "both"
+    ):
         super().__init__()
+        if mode not in ("both", "self", "cross"):
+            raise ValueError(f"unknown mode {mode!r}; choose one of ('both', 'self', 'cross')")
+        self.mode = mode
+        self.supports_context = mode != "self"
+        self.requires_context = mode == "cross"
         self.heads, self.dim_head = _heads_and_depth(dim, heads, dim_head)
         check_positive(context_dim=context_dim)
         self.dim = dim
         self.context_dim = context_dim or dim
         inner = self.heads * self.dim_head
         self.to_q = nn.Conv2d(dim, inner, 1, bias=False)
-        self.to_kv_self = nn.Conv2d(dim, 2 * inner, 1, bias=False)
-        self.to_kv_ctx = nn.Linear(self.context_dim, 2 * inner, bias=False)
+        if mode != "cross":
+            self.to_kv_self = nn.Conv2d(dim, 2 * inner, 1, bias=False)
+        if mode != "self":
+            self.to_kv_ctx = nn.Linear(self.context_dim, 2 * inner, bias=False)
         self.to_out = nn.Conv2d(inner, dim, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,7 +25,9 @@ FFNS = ("mlp", "mixffn", "none")
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
+    """GroupNorm with the most groups (<= 32) that divide C and keep >= 2 channels per group
+    (so a 1x1 map still has more than one value per group)."""
+    groups = max([g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= 2] or [1])
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
@@ -121,11 +123,13 @@ class MixBlock2d(nn.Module):
         self.self_mixer = self.cross_mixer = None
         if self_mixer != "none":
             self.norm1 = LayerNorm2d(dim)
-            self.self_mixer = create_attention(self_mixer, dim, heads=heads, **(self_kwargs or {}))
+            extra = {"mode": "self"} if self_mixer == "vanilla" else {}
+            self.self_mixer = create_attention(self_mixer, dim, heads=heads, **extra, **(self_kwargs or {}))
         if cross_mixer != "none":
             self.norm2 = LayerNorm2d(dim)
+            extra = {"mode": "cross"} if cross_mixer == "vanilla" else {}
             self.cross_mixer = create_attention(
-                cross_mixer, dim, heads=heads, context_dim=self.context_dim, **(cross_kwargs or {})
+                cross_mixer, dim, heads=heads, context_dim=self.context_dim, **extra, **(cross_kwargs or {})
             )
         self.ffn = make_ffn(ffn, dim, ffn_ratio)
         if self.ffn is not None:

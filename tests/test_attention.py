@@ -1,0 +1,205 @@
+"""Contract tests, parametrised over the registry: a new variant gets every test for free."""
+import pytest
+import torch
+
+import lambda_blocks
+from lambda_blocks.layers import create_attention, get_attention_class, list_attention
+
+DIM, CTX_LEN = 32, 6
+REQUIRED = {"vanilla", "linear", "local_lambda", "interactive_lambda", "lmi"}
+
+
+def build(name, dim=DIM, **kw):
+    torch.manual_seed(0)
+    return create_attention(name, dim, **kw)
+
+
+def context_for(m, b, dtype=torch.float32, length=CTX_LEN):
+    return torch.randn(b, length, m.context_dim, dtype=dtype) if m.requires_context else None
+
+
+def test_registry_has_the_five_variants():
+    assert REQUIRED <= set(lambda_blocks.list_attention())
+
+
+def test_unknown_variant_lists_known_names():
+    with pytest.raises(KeyError) as err:
+        create_attention("flash_lambda", DIM)
+    for name in REQUIRED:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_unknown_keyword_raises(name):
+    with pytest.raises(TypeError, match="bogus"):
+        create_attention(name, DIM, bogus=3)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("vanilla", dict(heads=5), "heads=5 does not divide dim=32"),
+        ("linear", dict(heads=3), "heads=3 does not divide"),
+        ("local_lambda", dict(r=4), "odd"),
+        ("local_lambda", dict(r=0), "positive"),
+        ("local_lambda", dict(heads=6), "heads=6 does not divide"),
+        ("local_lambda", dict(dim_k=5), "dim_k=5 does not divide"),
+        ("local_lambda", dict(norm="instance"), "unknown norm"),
+        ("local_lambda", dict(lambda_conv="fft"), "unknown lambda_conv"),
+        ("interactive_lambda", dict(position="rope"), "unknown position"),
+        ("interactive_lambda", dict(position="table"), "feat_size"),
+        ("interactive_lambda", dict(dim_u=0), "positive"),
+        ("lmi", dict(r=2), "odd"),
+        ("vanilla", dict(heads=-1), "positive"),
+    ],
+)
+def test_invalid_settings_raise_clear_errors(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_attention(name, DIM, **kwargs)
+
+
+def test_non_positive_dim_raises():
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        create_attention("local_lambda", 0)
+
+
+@pytest.mark.parametrize("name", list_attention())
+@pytest.mark.parametrize("hw", [(7, 5), (1, 1), (4, 9), (8, 8)])
+def test_shape_on_odd_non_square_inputs(name, hw):
+    m = build(name).eval()
+    for b in (1, 3):
+        x = torch.randn(b, DIM, *hw)
+        y = m(x, context_for(m, b))
+        assert y.shape == x.shape
+        assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_float64_and_any_context_length(name):
+    m = build(name).double().eval()
+    x = torch.randn(2, DIM, 5, 6, dtype=torch.float64)
+    for length in (1, 3, 17):
+        y = m(x, context_for(m, 2, torch.float64, length))
+        assert y.dtype == torch.float64 and y.shape == x.shape
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_bf16_autocast(name):
+    m = build(name).eval()
+    x = torch.randn(2, DIM, 6, 5)
+    ctx = context_for(m, 2)
+    ref = m(x, ctx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x, ctx)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    rel = (y.float() - ref).norm() / ref.norm()
+    assert rel < 0.1, f"bf16 result deviates by {rel:.3f}"
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_every_parameter_gets_a_finite_gradient(name):
+    m = build(name).train()
+    x = torch.randn(2, DIM, 6, 5, requires_grad=True)
+    loss = m(x, context_for(m, 2)).square().mean()
+    if m.supports_context and not m.requires_context:  # vanilla: self and cross paths own parameters
+        loss = loss + m(x, torch.randn(2, CTX_LEN, m.context_dim)).square().mean()
+    loss.backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_eval_mode_batch_independence(name):
+    m = build(name, norm="batch") if "norm" in _args(name) else build(name)
+    m.train()
+    m(torch.randn(8, DIM, 5, 7), context_for(m, 8))  # update any running statistics
+    m.eval()
+    x = torch.randn(4, DIM, 5, 7)
+    ctx = context_for(m, 4)
+    full = m(x, ctx)
+    for i in range(4):
+        one = m(x[i : i + 1], None if ctx is None else ctx[i : i + 1])
+        torch.testing.assert_close(full[i : i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_train_mode_batch_independence_without_batchnorm(name):
+    m = build(name).train()
+    assert not m.couples_batch_in_train, "the default norms must not couple samples"
+    x = torch.randn(4, DIM, 5, 7)
+    ctx = context_for(m, 4)
+    full = m(x, ctx)
+    for i in range(4):
+        one = m(x[i : i + 1], None if ctx is None else ctx[i : i + 1])
+        torch.testing.assert_close(full[i : i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+def test_paper_batchnorm_couples_samples_in_train_mode():
+    m = build("local_lambda", norm="batch").train()
+    assert m.couples_batch_in_train
+    x = torch.randn(4, DIM, 5, 7)
+    assert not torch.allclose(m(x)[:1], m(x[:1]), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_context_errors(name):
+    m = build(name)
+    x = torch.randn(2, DIM, 4, 4)
+    cls = get_attention_class(name)
+    if not cls.supports_context:
+        with pytest.raises(ValueError, match="takes no context"):
+            m(x, torch.randn(2, 3, DIM))
+        return
+    with pytest.raises(ValueError, match="context"):
+        m(x, torch.randn(3, 3, m.context_dim))  # batch mismatch
+    with pytest.raises(ValueError, match="channels"):
+        m(x, torch.randn(2, 3, m.context_dim + 1))
+    if cls.requires_context:
+        with pytest.raises(ValueError, match="needs context"):
+            m(x)
+
+
+def test_wrong_channel_count_raises():
+    m = build("local_lambda")
+    with pytest.raises(ValueError, match="expected 32 channels"):
+        m(torch.randn(1, 16, 4, 4))
+
+
+def test_interactive_table_is_fixed_to_its_size_and_fourier_is_not():
+    table = build("interactive_lambda", position="table", feat_size=(4, 6), num_tokens=5)
+    table(torch.randn(1, DIM, 4, 6), torch.randn(1, 5, DIM))
+    with pytest.raises(ValueError, match="fixed to feat_size"):
+        table(torch.randn(1, DIM, 6, 4), torch.randn(1, 5, DIM))
+    with pytest.raises(ValueError, match="fixed to feat_size"):
+        table(torch.randn(1, DIM, 4, 6), torch.randn(1, 7, DIM))
+    fourier = build("interactive_lambda")
+    for hw, length in (((4, 6), 5), ((9, 3), 12)):
+        assert fourier(torch.randn(1, DIM, *hw), torch.randn(1, length, DIM)).shape == (1, DIM, *hw)
+
+
+def test_position_term_makes_the_output_depend_on_position():
+    # With a constant input image, only the position lambda can make pixels differ.
+    for name in ("local_lambda", "interactive_lambda"):
+        m = build(name, norm="none").eval()
+        x = torch.randn(1, DIM, 1, 1).expand(1, DIM, 9, 9).contiguous()
+        y = m(x, context_for(m, 1))
+        assert y.std(dim=(2, 3)).mean() > 1e-3, name
+        off = build(name, norm="none", **({"position": "none"} if name == "interactive_lambda" else {})).eval()
+        if name == "interactive_lambda":
+            assert off(x, context_for(off, 1)).std(dim=(2, 3)).max() < 1e-5
+
+
+def test_lmi_is_the_composition_of_its_parts():
+    m = build("lmi")
+    blk = m.block
+    assert blk.self_mixer.name == "local_lambda"
+    assert blk.cross_mixer.name == "interactive_lambda"
+    assert type(blk.ffn).__name__ == "MixFFN" and blk.ffn.hidden == int(2.5 * DIM)
+
+
+def _args(name):
+    import inspect
+
+    return inspect.signature(get_attention_class(name).__init__).parameters

@@ -1,0 +1,145 @@
+"""The inpainting U-Net: every arm and size preset, any valid H x W, clear errors otherwise."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lambda_blocks.unet import ARMS, SIZES, InpaintUNet, UNetConfig, build_unet, unet_config
+
+VARIANT_ARMS = ["vanilla", "linear", "local_lambda", "interactive_lambda", "lmi"]
+
+
+def inputs(b, c, h, w):
+    return torch.randn(b, 2 * c + 1, h, w), torch.randint(0, 1000, (b,))
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_forward_backward_tiny(arm):
+    torch.manual_seed(0)
+    net = build_unet(arm, "tiny", widths=(16, 32))
+    x, t = inputs(2, 3, 8, 12)
+    out = net(x, t)
+    assert out.shape == (2, 3, 8, 12)
+    # conv_out is zero-initialised; perturb it so gradients reach the whole network
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    net(x, t).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"{arm}: no/non-finite gradient for {missing[:5]}"
+
+
+@pytest.mark.parametrize("arm", VARIANT_ARMS)
+@pytest.mark.parametrize("size", ["tiny", "small"])
+@pytest.mark.parametrize("hw", [(8, 8), (8, 20)])
+def test_sizes_and_resolutions(arm, size, hw):
+    net = build_unet(arm, size).eval()
+    x, t = inputs(1, 3, *hw)
+    with torch.no_grad():
+        assert net(x, t).shape == (1, 3, *hw)
+
+
+def test_latent_channels_and_category_context():
+    net = build_unet("lmi", "tiny", image_channels=4, context="category", num_tokens=10)
+    x, t = inputs(2, 4, 16, 16)
+    assert net(x, t).shape == (2, 4, 16, 16)
+    ctx = net.make_context(x)
+    assert ctx.shape == (2, 10, net.cfg.context_dim)
+    assert torch.equal(ctx[0], ctx[1])  # one category: the same LCG tokens for every sample
+
+
+def test_image_context_depends_only_on_known_pixels():
+    net = build_unet("lmi", "tiny").eval()
+    x, _ = inputs(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    x[:, 3:6] *= 1 - mask
+    x[:, 6:7] = mask
+    y = x.clone()
+    y[:, 0:3] = torch.randn(1, 3, 16, 16)  # the noisy sample does not enter the context
+    torch.testing.assert_close(net.make_context(x), net.make_context(y))
+
+
+def test_indivisible_size_raises_clear_error():
+    net = build_unet("lmi", "large")  # 3 levels
+    x, t = inputs(1, 3, 18, 16)
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(levels-1\\) = 4"):
+        net(x, t)
+
+
+def test_wrong_input_channels_raise():
+    net = build_unet("vanilla", "tiny")
+    with pytest.raises(ValueError, match="cat\\(noisy, masked, mask\\)"):
+        net(torch.randn(1, 6, 8, 8), torch.zeros(1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(self_mixer="flash"), "self_mixer"),
+        (dict(conv="grouped"), "conv"),
+        (dict(mix_levels=(5,)), "mix_levels"),
+        (dict(context="none"), "cross_mixer needs context"),
+        (dict(num_tokens=10), "square"),
+        (dict(heads=0), "heads"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        unet_config("lmi", "tiny", **kwargs)
+
+
+def test_unknown_arm_size_and_key():
+    with pytest.raises(KeyError, match="known arms"):
+        build_unet("gla", "tiny")
+    with pytest.raises(KeyError, match="known sizes"):
+        build_unet("lmi", "huge")
+    with pytest.raises(TypeError, match="widht"):
+        build_unet("lmi", "tiny", widht=3)
+
+
+def test_size_presets_grow_and_lmi_is_smallest():
+    for arm in VARIANT_ARMS:
+        params = [build_unet(arm, s).num_params() for s in SIZES]
+        assert params == sorted(params), arm
+    tiny = {arm: build_unet(arm, "tiny").num_params() for arm in VARIANT_ARMS}
+    assert min(tiny, key=tiny.get) == "lmi"
+
+
+def test_paper_options_pass_through():
+    cfg = unet_config("lmi", "tiny", self_kwargs={"norm": "batch", "r": 7},
+                      cross_kwargs={"position": "table", "feat_size": (16, 16), "num_tokens": 16}, mix_levels=(0,))
+    net = InpaintUNet(cfg)
+    blk = net.down[0][0].mix
+    assert blk.self_mixer.r == 7 and isinstance(blk.self_mixer.norm_q, torch.nn.BatchNorm2d)
+    assert blk.cross_mixer.pos_table.shape[0] == 256
+    x, t = inputs(2, 3, 16, 16)
+    assert net(x, t).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="fixed to feat_size"):
+        net(*inputs(1, 3, 32, 32))
+
+
+def test_config_round_trips_through_dict():
+    cfg = unet_config("moebius", "small")
+    assert UNetConfig(**cfg.to_dict()) == cfg
+
+
+def test_import_changes_no_global_torch_setting():
+    code = (
+        "import torch\n"
+        "def flags():\n"
+        "    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,\n"
+        "            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,\n"
+        "            torch.are_deterministic_algorithms_enabled(), torch.get_default_dtype(),\n"
+        "            torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.is_grad_enabled())\n"
+        "before = flags()\n"
+        "import lambda_blocks, lambda_blocks.layers, lambda_blocks.unet\n"
+        "import importlib, pkgutil\n"
+        "for m in pkgutil.iter_modules(lambda_blocks.__path__):\n"
+        "    if m.name not in ('__main__',) and not m.name.startswith('_'):\n"
+        "        try: importlib.import_module('lambda_blocks.' + m.name)\n"
+        "        except ImportError: pass\n"
+        "assert flags() == before, (before, flags())\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
