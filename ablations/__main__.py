@@ -1,0 +1,100 @@
+"""Command line of the ablation sweeps; see ``ablations/__init__.py``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .runner import ROOT, run_sweep
+
+PRESETS = ("smoke", "dev", "paper")
+STUDY_SWEEPS = ("resolution.yaml", "quality_vs_size.yaml", "table2.yaml")
+FIGURE_NOTEBOOKS = ("notebooks/30_quality_vs_size.ipynb", "notebooks/90_paper_figures.ipynb")
+
+
+def dirs(preset: str, runs_root: str | None = None) -> dict[str, Path]:
+    return {
+        "runs": Path(runs_root) if runs_root else ROOT / "runs" / preset,
+        "results": ROOT / "results" / preset,
+        "figures": ROOT / "figures" / preset,
+        "assets": ROOT / "paper_assets" / preset,
+    }
+
+
+def cmd_run(args) -> int:
+    d = dirs(args.preset, args.runs)
+    results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run)
+    return 0 if args.dry_run or all(r["status"] != "failed" for r in results) else 1
+
+
+def cmd_collect(args) -> int:
+    from .collect import collect
+
+    d = dirs(args.preset, args.runs)
+    out = collect(d["runs"], d["results"])
+    print(", ".join(f"{k}: {len(v)} rows" for k, v in out.items()), "->", d["results"])
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .figures import regenerate
+
+    d = dirs(args.preset)
+    t0 = time.time()
+    written = regenerate(d["results"], d["figures"], d["assets"], args.preset)
+    print(f"{len(written)} files regenerated from {d['results']} in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_study(args) -> int:
+    """Profile, train every sweep, collect, regenerate figures through the figure notebooks."""
+    import papermill as pm
+
+    from .collect import collect
+
+    d = dirs(args.preset, args.runs)
+    t0 = time.time()
+    failed = 0
+    for sweep in STUDY_SWEEPS:
+        results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=args.jobs)
+        failed += sum(r["status"] == "failed" for r in results)
+    collect(d["runs"], d["results"])
+    for nb in FIGURE_NOTEBOOKS:
+        out = d["runs"] / "notebooks" / Path(nb).name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(ROOT / nb), str(out), parameters={"preset": args.preset}, cwd=str(ROOT),
+                            progress_bar=False, kernel_name="python3")
+    wall = time.time() - t0
+    print(f"study {args.preset}: finished in {wall / 60:.1f} min; {failed} failed run(s); figures in {d['figures']}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ablations", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="run one sweep")
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--preset", choices=PRESETS, default="smoke")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--dry-run", action="store_true", help="print the grid and what is finished")
+    p.add_argument("--runs", default=None, help="run folder root (default runs/<preset>)")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("collect", help="run folders -> results/<preset>/*.csv")
+    p.add_argument("--preset", choices=PRESETS, default="smoke")
+    p.add_argument("--runs", default=None)
+    p.set_defaults(fn=cmd_collect)
+    p = sub.add_parser("figures", help="results/<preset>/*.csv -> figures/<preset>, paper_assets/<preset>")
+    p.add_argument("--preset", choices=PRESETS, default="dev")
+    p.set_defaults(fn=cmd_figures)
+    p = sub.add_parser("study", help="the whole study end to end")
+    p.add_argument("--preset", choices=PRESETS, default="smoke")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--runs", default=None)
+    p.set_defaults(fn=cmd_study)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

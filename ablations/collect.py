@@ -1,0 +1,91 @@
+"""Turn run folders into the tidy CSVs in ``results/<preset>/``: the only input of the figures.
+
+* ``runs.csv``: one row per training run (finished or failed), fixed columns ``RUN_COLUMNS``.
+* ``curves.csv``: the training loss of every run per logged step.
+* ``profile.csv``: every profiling row of the profile runs (deduplicated, newest wins).
+* ``samples/<arm>-<size>-s<seed>.npz``: the fixed test fills of each run (a few small images).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from lambda_blocks.plotting import atomic_write_text
+
+RUN_COLUMNS = [
+    "run_id", "config_hash", "status", "error", "arm", "size", "seed", "preset", "image_size",
+    "params", "macs", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "lpips_source",
+    "fid", "kid", "kid_std", "n_eval_images", "smoothness_gap", "hole_ratio", "steps", "train_time_s",
+    "images_per_s", "device", "threads", "hardware", "torch_version", "git_sha",
+]
+CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
+PROFILE_KEY = ["kind", "variant", "unet_size", "height", "width", "batch", "pass", "dtype", "device"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.DataFrame]:
+    runs_root, results_dir = Path(runs_root), Path(results_dir)
+    rows, curves, profiles = [], [], []
+    samples_dir = results_dir / "samples"
+    for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.exists() else []:
+        summary, config = _read_json(run_dir / "summary.json"), _read_json(run_dir / "config.json")
+        env, error = _read_json(run_dir / "env.json"), _read_json(run_dir / "error.json")
+        if (run_dir / "profile.csv").exists():
+            profiles.append(pd.read_csv(run_dir / "profile.csv"))
+            continue
+        if not config and not error:
+            continue
+        is_train = bool(config) or error.get("params", {}).get("arm") is not None
+        if not is_train:
+            continue
+        params = error.get("params", {})
+        row = {c: None for c in RUN_COLUMNS}
+        row.update(run_id=run_dir.name, arm=config.get("arm", params.get("arm")), size=config.get("size", params.get("size")),
+                   seed=config.get("seed", params.get("seed")), preset=config.get("preset", params.get("preset")))
+        row.update({k: v for k, v in summary.items() if k in RUN_COLUMNS})
+        row.update({k: env.get(k) for k in ("device", "threads", "hardware", "torch_version", "git_sha") if env.get(k) is not None})
+        if summary.get("status") == "done":
+            row["status"] = "done"
+        elif error:
+            row["status"], row["error"] = "failed", error.get("error")
+        else:
+            row["status"] = "incomplete"
+        rows.append(row)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            for line in metrics.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if "loss" in rec and "step" in rec:
+                    curves.append(dict(run_id=run_dir.name, arm=row["arm"], size=row["size"], seed=row["seed"],
+                                       step=rec["step"], loss=rec["loss"]))
+        if (run_dir / "samples.npz").exists() and row["status"] == "done":
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "samples.npz", samples_dir / f"{row['arm']}-{row['size']}-s{row['seed']}.npz")
+    out = {
+        "runs": pd.DataFrame(rows, columns=RUN_COLUMNS),
+        "curves": pd.DataFrame(curves, columns=CURVE_COLUMNS),
+    }
+    if profiles:
+        prof = pd.concat(profiles, ignore_index=True)
+        key = [k for k in PROFILE_KEY if k in prof]
+        out["profile"] = prof.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in out.items():
+        _write_csv(df, results_dir / f"{name}.csv")
+    return out

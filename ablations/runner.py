@@ -1,0 +1,179 @@
+"""Expand an ablation grid and execute its notebook with papermill, one run folder per config.
+
+A sweep file (``ablations/*.yaml``)::
+
+    name: quality_vs_size
+    notebook: notebooks/10_train_inpaint.ipynb
+    kind: train                  # train | profile | notebook
+    grid:                        # the Cartesian product of these lists
+      arm: [vanilla, linear, local_lambda, lmi]
+      size: [tiny, small, base]
+      seed: [0, 1]
+    fixed: {}                    # parameters shared by every point
+    presets:                     # per-preset replacements of grid lists / fixed values
+      smoke: {grid: {size: [tiny, small], seed: [0]}}
+
+Every grid point becomes the ``parameters`` of the notebook (plus ``preset`` and ``out_root``).
+Its run folder is named by the hash of its resolved config (``train``: the package's config hash,
+so the notebook and the runner agree), finished runs are skipped, an interrupted sweep resumes,
+and a failed run leaves ``error.json`` (message + traceback tail) while the sweep goes on.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("train", "profile", "notebook")
+SWEEP_KEYS = {"name", "notebook", "kind", "grid", "fixed", "presets", "description"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    notebook: Path
+    kind: str
+    grid: dict
+    fixed: dict = field(default_factory=dict)
+    presets: dict = field(default_factory=dict)
+    description: str = ""
+
+    def points(self, preset: str) -> list[dict]:
+        """The grid for ``preset`` as a list of parameter dicts (fixed values included)."""
+        over = self.presets.get(preset, {}) or {}
+        unknown = set(over) - {"grid", "fixed"}
+        if unknown:
+            raise ValueError(f"sweep {self.name}: preset {preset!r} has unknown section(s) {sorted(unknown)}")
+        grid = {**self.grid, **(over.get("grid") or {})}
+        fixed = {**self.fixed, **(over.get("fixed") or {})}
+        keys = list(grid)
+        for k in keys:
+            if not isinstance(grid[k], list) or not grid[k]:
+                raise ValueError(f"sweep {self.name}: grid entry {k!r} must be a non-empty list")
+        return [{**fixed, **dict(zip(keys, vals))} for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def load_sweep(path: Path | str) -> Sweep:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a sweep file must be a mapping")
+    unknown = set(raw) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(SWEEP_KEYS)}")
+    for key in ("name", "notebook", "grid"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}")
+    kind = raw.get("kind", "notebook")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: unknown kind {kind!r}; choose one of {KINDS}")
+    nb = Path(raw["notebook"])
+    if not nb.is_absolute():
+        nb = ROOT / nb
+    if not nb.exists():
+        raise FileNotFoundError(f"{path}: notebook {nb} does not exist")
+    return Sweep(raw["name"], nb, kind, raw["grid"], raw.get("fixed") or {}, raw.get("presets") or {}, raw.get("description", ""))
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path, bool]:
+    """The run folder of one grid point and whether it already finished."""
+    if sweep.kind == "train":
+        from lambda_blocks.train import planned_run_dir
+
+        run_dir = Path(planned_run_dir(preset=preset, out=out_root, **params))
+    else:
+        run_dir = out_root / f"{sweep.name}-{_hash({'preset': preset, **params})}"
+    summary = run_dir / "summary.json"
+    done = False
+    if summary.exists():
+        try:
+            done = json.loads(summary.read_text()).get("status") == "done"
+        except json.JSONDecodeError:
+            done = False
+    return run_dir, done
+
+
+def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Path, kernel: str = "python3") -> dict:
+    """Execute the sweep notebook for one point; the executed copy lands in the run folder."""
+    import papermill as pm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nb_params = {"preset": preset, "out_root": str(out_root), **params}
+    if sweep.kind != "train":
+        nb_params["out_dir"] = str(run_dir)
+    err_file = run_dir / "error.json"
+    t0 = time.time()
+    try:
+        pm.execute_notebook(
+            str(sweep.notebook), str(run_dir / "notebook.ipynb"), parameters=nb_params, kernel_name=kernel,
+            cwd=str(ROOT), progress_bar=False, log_output=False,
+        )
+    except Exception as exc:  # recorded, and the sweep goes on
+        msg = str(exc).strip().splitlines()
+        rec = {"status": "failed", "params": nb_params, "error": (msg[-1] if msg else repr(exc))[:500],
+               "traceback": traceback.format_exc()[-4000:], "elapsed_s": time.time() - t0, "sweep": sweep.name}
+        tmp = err_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2, default=str))
+        os.replace(tmp, err_file)
+        return rec
+    if err_file.exists():
+        err_file.unlink()
+    if sweep.kind != "train" and not (run_dir / "summary.json").exists():
+        from lambda_blocks.plotting import write_json
+
+        write_json(run_dir / "summary.json", {"status": "done", "sweep": sweep.name, "params": nb_params,
+                                              "elapsed_s": time.time() - t0})
+    return {"status": "done", "elapsed_s": time.time() - t0}
+
+
+def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1, dry_run: bool = False,
+              kernel: str = "python3", echo=print) -> list[dict]:
+    """Run every unfinished point of a sweep. Returns one record per point (skipped/done/failed)."""
+    sweep = load_sweep(path)
+    out_root = Path(out_root)
+    points = sweep.points(preset)
+    planned = [(p, *plan(sweep, p, preset, out_root)) for p in points]
+    if dry_run:
+        for p, run_dir, done in planned:
+            echo(f"{'done ' if done else 'todo '} {run_dir.name:<48} {json.dumps(p, sort_keys=True)}")
+        echo(f"{sweep.name}: {len(points)} runs, {sum(d for *_, d in planned)} finished")
+        return [dict(params=p, run_dir=str(r), status="done" if d else "planned") for p, r, d in planned]
+    todo = [(p, r) for p, r, d in planned if not d]
+    results = [dict(params=p, run_dir=str(r), status="skipped") for p, r, d in planned if d]
+    if not todo:
+        echo(f"{sweep.name}: all {len(points)} runs already finished")
+        return results
+    if jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"{sweep.name} ({len(results)} skipped)", unit="run", dynamic_ncols=True)
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(execute, sweep, p, preset, out_root, r, kernel): (p, r) for p, r in todo}
+        for fut in cf.as_completed(futures):
+            p, r = futures[fut]
+            rec = fut.result()
+            results.append(dict(params=p, run_dir=str(r), **rec))
+            bar.update(1)
+            if rec["status"] == "failed":
+                bar.write(f"FAILED {r.name}: {rec['error']}")
+    bar.close()
+    failed = sum(r["status"] == "failed" for r in results)
+    echo(f"{sweep.name}: {len(todo) - failed} ran, {len(results) - len(todo)} skipped, {failed} failed")
+    return results
