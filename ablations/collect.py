@@ -48,10 +48,10 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
             continue
         if not config and not error:
             continue
-        is_train = bool(config) or error.get("params", {}).get("arm") is not None
+        is_train = bool(config) or error.get("notebook_params", {}).get("arm") is not None
         if not is_train:
             continue
-        params = error.get("params", {})
+        params = error.get("notebook_params", {})
         row = {c: None for c in RUN_COLUMNS}
         row.update(run_id=run_dir.name, arm=config.get("arm", params.get("arm")), size=config.get("size", params.get("size")),
                    seed=config.get("seed", params.get("seed")), preset=config.get("preset", params.get("preset")))

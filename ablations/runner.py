@@ -126,7 +126,7 @@ def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Pa
         )
     except Exception as exc:  # recorded, and the sweep goes on
         msg = str(exc).strip().splitlines()
-        rec = {"status": "failed", "params": nb_params, "error": (msg[-1] if msg else repr(exc))[:500],
+        rec = {"status": "failed", "notebook_params": nb_params, "error": (msg[-1] if msg else repr(exc))[:500],
                "traceback": traceback.format_exc()[-4000:], "elapsed_s": time.time() - t0, "sweep": sweep.name}
         tmp = err_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2, default=str))
@@ -169,7 +169,7 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
         for fut in cf.as_completed(futures):
             p, r = futures[fut]
             rec = fut.result()
-            results.append(dict(params=p, run_dir=str(r), **rec))
+            results.append({**rec, "params": p, "run_dir": str(r)})
             bar.update(1)
             if rec["status"] == "failed":
                 bar.write(f"FAILED {r.name}: {rec['error']}")
