@@ -57,7 +57,9 @@ def cmd_study(args) -> int:
     t0 = time.time()
     failed = 0
     for sweep in STUDY_SWEEPS:
-        results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=args.jobs)
+        # profiling measures latency: never beside another job
+        jobs = 1 if sweep == "resolution.yaml" else args.jobs
+        results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=jobs)
         failed += sum(r["status"] == "failed" for r in results)
     collect(d["runs"], d["results"])
     for nb in FIGURE_NOTEBOOKS:

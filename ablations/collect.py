@@ -22,7 +22,7 @@ RUN_COLUMNS = [
     "images_per_s", "device", "threads", "hardware", "torch_version", "git_sha",
 ]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
-PROFILE_KEY = ["kind", "variant", "unet_size", "height", "width", "batch", "pass", "dtype", "device"]
+PROFILE_KEY = ["kind", "variant", "preset", "channels", "height", "width", "batch", "pass", "dtype", "device"]
 
 
 def _read_json(path: Path) -> dict:

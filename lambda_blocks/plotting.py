@@ -134,7 +134,7 @@ def attach_latency(runs: pd.DataFrame, profile: pd.DataFrame | None) -> pd.DataF
     if "batch" in prof:
         prof = prof[prof["batch"] == 1]
     for i, row in runs.iterrows():
-        hit = prof[(prof["variant"] == row["arm"]) & (prof["unet_size"] == row["size"]) & (prof["height"] == row["image_size"])]
+        hit = prof[(prof["variant"] == row["arm"]) & (prof["preset"] == row["size"]) & (prof["height"] == row["image_size"])]
         if len(hit):
             runs.loc[i, "latency_ms"] = hit["latency_ms_median"].iloc[-1]
             runs.loc[i, "peak_mem_mb"] = hit["peak_mem_mb"].iloc[-1]
@@ -201,7 +201,7 @@ def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_
         ax.set_xlabel("pixels H·W")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=5.5)
-    width = int(prof["width"].iloc[0]) if "width" in prof and len(prof) else None
+    width = int(prof["channels"].iloc[0]) if "channels" in prof and len(prof) else None
     hw = prof["hardware"].iloc[0] if "hardware" in prof and len(prof) else ""
     fig.suptitle(f"cost of one token mixer vs resolution (width {width}, batch 1, {hw})", fontsize=8)
     return save_figure(fig, out_dir, name)
@@ -366,3 +366,26 @@ def caption_for(runs: pd.DataFrame, preset: str) -> str:
 
 def write_json(path: Path | str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def fig_run_curves(rows: list[dict], out_dir, name: str = "curves") -> list[Path]:
+    """One run's training loss and periodic evaluation metrics (from its metrics.jsonl rows)."""
+    import matplotlib.pyplot as plt
+
+    style()
+    train = [r for r in rows if "loss" in r and "step" in r]
+    evals = [r for r in rows if r.get("kind") == "eval" or any(k.startswith("psnr") for k in r)]
+    fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.2))
+    if train:
+        steps = np.array([r["step"] for r in train])
+        loss = pd.Series([r["loss"] for r in train]).rolling(5, min_periods=1).mean()
+        axes[0].plot(steps, loss, lw=1)
+        axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("ε-MSE (train, rolling mean)")
+    key = next((k for k in ("psnr_hole", "psnr") if any(k in r for r in evals)), None)
+    if key:
+        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], marker="o", ms=3)
+        axes[1].set_ylabel(f"{key} (periodic eval, EMA)")
+    axes[1].set_xlabel("step")
+    return save_figure(fig, out_dir, name)

@@ -109,10 +109,10 @@ def fixture_results(tmp_path: Path) -> Path:
     for var in ("vanilla", "lmi"):
         for s in (16, 32, 64):
             n = s * s
-            prof.append(dict(kind="block", variant=var, unet_size="", height=s, width=64, pixels=n, batch=1, **{"pass": "fwd"},
+            prof.append(dict(kind="block", variant=var, preset="", channels=64, height=s, width=s, pixels=n, batch=1, **{"pass": "fwd"},
                              macs=n * n if var == "vanilla" else 100 * n, latency_ms_median=n / 100, peak_mem_mb=n / 1000,
                              device="cpu", dtype="float32", hardware="cpu-test"))
-        prof.append(dict(kind="unet", variant=var, unet_size="tiny", height=32, width=32, pixels=1024, batch=1, **{"pass": "fwd"},
+        prof.append(dict(kind="unet", variant=var, preset="tiny", channels=32, height=32, width=32, pixels=1024, batch=1, **{"pass": "fwd"},
                          macs=1e8, latency_ms_median=5.0, peak_mem_mb=10.0, device="cpu", dtype="float32", hardware="cpu-test"))
     pd.DataFrame(prof).to_csv(res / "profile.csv", index=False)
     (res / "samples").mkdir()
