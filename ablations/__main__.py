@@ -13,12 +13,14 @@ STUDY_SWEEPS = ("quality_vs_size.yaml", "table2.yaml", "resolution.yaml")
 FIGURE_NOTEBOOKS = ("notebooks/30_quality_vs_size.ipynb", "notebooks/90_paper_figures.ipynb")
 
 
-def dirs(preset: str, runs_root: str | None = None) -> dict[str, Path]:
+def dirs(preset: str, runs_root: str | None = None, root: str | Path | None = None) -> dict[str, Path]:
+    """Folders of a preset's study; ``root`` (default: the repository) holds results/figures/paper_assets."""
+    base = Path(root) if root else ROOT
     return {
-        "runs": Path(runs_root) if runs_root else ROOT / "runs" / preset,
-        "results": ROOT / "results" / preset,
-        "figures": ROOT / "figures" / preset,
-        "assets": ROOT / "paper_assets" / preset,
+        "runs": Path(runs_root) if runs_root else base / "runs" / preset,
+        "results": base / "results" / preset,
+        "figures": base / "figures" / preset,
+        "assets": base / "paper_assets" / preset,
     }
 
 

@@ -40,7 +40,7 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
     runs_root, results_dir = Path(runs_root), Path(results_dir)
     rows, curves, profiles = [], [], []
     samples_dir = results_dir / "samples"
-    for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.exists() else []:
+    for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_root.exists() else []:
         summary, config = _read_json(run_dir / "summary.json"), _read_json(run_dir / "config.json")
         env, error = _read_json(run_dir / "env.json"), _read_json(run_dir / "error.json")
         if (run_dir / "profile.csv").exists():

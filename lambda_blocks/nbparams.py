@@ -85,8 +85,8 @@ SCHEMAS: dict[str, dict[str, tuple[type, object]]] = {
         "out_dir": (str, None),
         "out_root": (str, None),
     },
-    "30_quality_vs_size": {"preset": (str, _one_of(PRESETS))},
-    "90_paper_figures": {"preset": (str, _one_of(PRESETS))},
+    "30_quality_vs_size": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
+    "90_paper_figures": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
 }
 _IGNORED = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
