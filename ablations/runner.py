@@ -5,7 +5,8 @@ A sweep file (``ablations/*.yaml``)::
     name: quality_vs_size
     notebook: notebooks/10_train_inpaint.ipynb
     kind: train                  # train | profile | notebook
-    grid:                        # the Cartesian product of these lists
+    grid:                        # the Cartesian product of these lists (a list of such
+                                 # mappings is the union of their products)
       arm: [vanilla, linear, local_lambda, lmi]
       size: [tiny, small, base]
       seed: [0, 1]
@@ -53,13 +54,21 @@ class Sweep:
         unknown = set(over) - {"grid", "fixed"}
         if unknown:
             raise ValueError(f"sweep {self.name}: preset {preset!r} has unknown section(s) {sorted(unknown)}")
-        grid = {**self.grid, **(over.get("grid") or {})}
         fixed = {**self.fixed, **(over.get("fixed") or {})}
-        keys = list(grid)
-        for k in keys:
-            if not isinstance(grid[k], list) or not grid[k]:
-                raise ValueError(f"sweep {self.name}: grid entry {k!r} must be a non-empty list")
-        return [{**fixed, **dict(zip(keys, vals))} for vals in itertools.product(*(grid[k] for k in keys))]
+        grids = over.get("grid") or self.grid
+        if isinstance(grids, dict):
+            grids = [{**(self.grid if isinstance(self.grid, dict) else {}), **grids}]
+        points = []
+        for grid in grids:  # a list of grids is the union of their products
+            keys = list(grid)
+            for k in keys:
+                if not isinstance(grid[k], list) or not grid[k]:
+                    raise ValueError(f"sweep {self.name}: grid entry {k!r} must be a non-empty list")
+            for vals in itertools.product(*(grid[k] for k in keys)):
+                point = {**fixed, **dict(zip(keys, vals))}
+                if point not in points:
+                    points.append(point)
+        return points
 
 
 def load_sweep(path: Path | str) -> Sweep:
