@@ -1,0 +1,135 @@
+"""Training throughput (images/s) of the U-Net arms: the smoke and dev presets, and image-size scaling.
+
+    python benchmarks/bench_train_throughput.py [--arms vanilla linear local_lambda lmi]
+        [--presets smoke dev] [--sizes 32 64 128] [--scale-batch 4] [--steps 4] [--threads 1]
+
+Part 1 times one optimiser step of each preset exactly as ``lambda_blocks.train`` does it (per-sample
+noise and timesteps, LaMa masks drawn per step, AdamW, grad clipping, EMA) at the preset's batch,
+image size, U-Net size and thread count, and prints images/s and the ratio to ``vanilla``.
+Part 2 scales the image side 32 -> 64 -> 128 at a fixed batch and prints images/s and the slowdown
+relative to 32 px, per arm. All numbers come from one process, measured side by side in
+interleaved rounds (the median of rounds is reported), because this machine is shared: compare the
+ratios, not absolute times across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lambda_blocks.config import resolve  # noqa: E402
+from lambda_blocks.diffusion import Diffusion  # noqa: E402
+from lambda_blocks.masks import generate_mask  # noqa: E402
+from lambda_blocks.seeding import numpy_rng, randn_per_sample, sample_generators  # noqa: E402
+from lambda_blocks.unet import InpaintUNet  # noqa: E402
+
+
+class Stepper:
+    """One training step of a config (the body of train._run's loop, on synthetic images)."""
+
+    def __init__(self, cfg, batch: int | None = None, image_size: int | None = None):
+        self.cfg = cfg
+        self.batch = batch or cfg.train.batch_size
+        self.size = image_size or cfg.data.image_size
+        torch.manual_seed(0)
+        self.model = InpaintUNet(cfg.unet_config())
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr)
+        self.diff = Diffusion.from_cfg(cfg.diffusion)
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.rand(64, 3, self.size, self.size, generator=g) * 2 - 1
+        self.step_i = 0
+
+    def step(self) -> None:
+        s, b, cfg = self.step_i, self.batch, self.cfg
+        idx = [(s * b + j) % len(self.images) for j in range(b)]
+        x0 = self.images[idx]
+        mask = torch.from_numpy(np.stack([generate_mask(cfg.data.train_mask, self.size, numpy_rng("m", s, j))
+                                          for j in range(b)])).unsqueeze(1)
+        gens = sample_generators([("b", s, j) for j in range(b)])
+        t = self.diff.sample_t(gens)
+        noise = randn_per_sample(gens, x0.shape[1:])
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.diff.training_loss(self.model, x0, mask, t, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(p, 1 - cfg.train.ema_decay)
+        self.step_i += 1
+
+
+def measure(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, float]:
+    """images/s per key: warm-up, then ``rounds`` interleaved rounds of ``steps`` steps; median."""
+    for st in steppers.values():
+        st.step()
+    per: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(rounds):
+        for k, st in steppers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                st.step()
+            per[k].append(steps * st.batch / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arms", nargs="+", default=["vanilla", "linear", "local_lambda", "lmi"])
+    ap.add_argument("--presets", nargs="+", default=["smoke", "dev"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 128])
+    ap.add_argument("--scale-batch", type=int, default=4, help="batch of the image-size scaling part")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU presets use 1)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# training throughput, torch {torch.__version__}, threads={torch.get_num_threads()}, "
+          f"cpus={os.cpu_count()}, load average at start {load:.2f}")
+
+    print("\n## presets: images/s of one training step at the preset's batch / image size / U-Net size")
+    head = f"{'preset':<8}{'arm':<20}{'batch':>6}{'px':>5}{'params':>10}{'img/s':>9}{'s/step':>8}{'vs vanilla':>12}"
+    print(head)
+    print("-" * len(head))
+    for preset in args.presets:
+        steppers = {arm: Stepper(resolve(preset, arm=arm)) for arm in args.arms}
+        ips = measure(steppers, args.steps, args.rounds)
+        base = ips.get("vanilla")
+        for arm, st in steppers.items():
+            ratio = f"{ips[arm] / base:.2f}x" if base else "-"
+            print(f"{preset:<8}{arm:<20}{st.batch:>6}{st.size:>5}{st.model.num_params():>10,}{ips[arm]:>9.1f}"
+                  f"{st.batch / ips[arm]:>8.2f}{ratio:>12}")
+        steps = resolve(preset).train.steps
+        est = {arm: steps * steppers[arm].batch / ips[arm] for arm in args.arms}
+        print(f"# {preset}: {steps} steps -> estimated training time "
+              + ", ".join(f"{a} {t:.0f} s" for a, t in est.items()))
+
+    print(f"\n## image-size scaling at batch {args.scale_batch} (tiny U-Net): images/s and slowdown vs 32 px")
+    head = f"{'arm':<20}" + "".join(f"{f'{s}px img/s':>14}" for s in args.sizes) + "".join(
+        f"{f'x{s}/{args.sizes[0]}':>10}" for s in args.sizes[1:])
+    print(head)
+    print("-" * len(head))
+    for arm in args.arms:
+        cfg = resolve("smoke", arm=arm)
+        steppers = {s: Stepper(cfg, batch=args.scale_batch, image_size=s) for s in args.sizes}
+        ips = measure(steppers, max(1, args.steps - 1), args.rounds)
+        row = f"{arm:<20}" + "".join(f"{ips[s]:>14.2f}" for s in args.sizes)
+        row += "".join(f"{ips[args.sizes[0]] / ips[s]:>10.1f}" for s in args.sizes[1:])
+        print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""Experiment configuration: frozen dataclasses, named presets, strict overrides, a content hash.
+
+An experiment is ``ExpCfg(preset, arm, size, seed, model, diffusion, data, train, eval)``:
+
+* ``arm`` names an entry of ``unet.ARMS`` (the attention variant / Table-2 arm), ``size`` one of
+  ``unet.SIZES``; ``model.unet`` holds extra ``UNetConfig`` overrides (e.g. ``{"heads": 2}``).
+* ``PRESETS`` = ``smoke`` (CPU, about a minute including evaluation), ``dev`` (CPU, a few minutes
+  per run, enough steps for the variants' curves to separate) and ``paper`` (one GPU).
+* ``resolve(preset, arm=..., size=..., seed=..., **overrides)`` applies flat dotted overrides
+  (``{"train.lr": 1e-3, "data.image_size": 64}``; a bare field name works when exactly one section
+  has it; ``unet.<field>`` / ``model.unet.<field>`` sets a UNetConfig field). Unknown keys and
+  wrong types are rejected *before* any work starts, and the U-Net config is built once so that an
+  invalid architecture fails here too.
+* ``config_hash(cfg)``: sha1 of the canonical JSON (sorted keys, floats via ``repr``) -> 10 hex
+  characters; identical across processes and machines. Run folders are named by it.
+
+Seeds: ``seed`` (top level) drives model initialisation, data order, training masks, noise and
+timesteps. ``data.seed`` (which crops form the data set) and ``eval.seed`` (evaluation masks and
+sampler noise) are held fixed across a sweep so every variant sees the same test problems.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .unet import ARMS, SIZES, UNetConfig, unet_config
+
+__all__ = [
+    "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "ExpCfg",
+    "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides",
+]
+
+SCHEDULES = ("cosine", "linear", "scaled_linear")
+SPACINGS = ("trailing", "leading")
+INITS = ("noise", "noised_input_LEAKS_GT")
+T_SAMPLING = ("uniform", "logit_normal")
+DATASETS = ("embedded", "portrait", "folder")
+DEVICES = ("auto", "cpu", "cuda")
+MASK_KINDS = ("thin", "medium", "thick", "box")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """The U-Net beyond ``arm`` and ``size``: extra ``UNetConfig`` overrides (JSON values only)."""
+
+    unet: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiffusionCfg:
+    """DDPM with epsilon prediction (see ``lambda_blocks.diffusion`` for the schedules).
+
+    ``cosine`` (Nichol & Dhariwal 2021) is the default: designed for low-resolution pixel-space
+    models, it keeps more signal in the middle timesteps than the linear schedule. ``linear``
+    (1e-4 -> 0.02, Ho et al.) and ``scaled_linear`` (0.00085 -> 0.012, the paper's latent-space
+    schedule, MOEBIUS_SPEC section 7) are options; ``beta_start`` / ``beta_end`` apply to those.
+    """
+
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    t_sampling: str = "uniform"  # training timesteps: uniform | logit_normal (paper)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Training / test images and training masks."""
+
+    dataset: str = "embedded"  # embedded | portrait | folder
+    root: str | None = None  # folder only
+    mask_root: str | None = None  # folder only (masks are used by evaluation when present)
+    image_size: int = 32
+    n_train: int = 2000
+    n_test: int = 200
+    train_mask: str = "medium"  # LaMa-style generator for training masks
+    seed: int = 0  # which crops form the data set (fixed across a sweep)
+    preload: bool = True  # decode the whole train split once into memory
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """Optimisation. ``batch_size`` is the global batch per optimiser step (all ranks, all
+    accumulation micro-batches)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # <= 0 disables clipping
+    eval_every: int = 250  # periodic cheap evaluation (val loss + PSNR/SSIM); 0 disables
+    ckpt_every: int = 250  # 0: only at the end
+    sample_steps: int = 10  # DDIM steps of the periodic evaluation
+    log_every: int = 10
+    amp_bf16: bool = False  # bf16 autocast, CUDA only (ignored, and recorded as such, on CPU)
+    device: str = "auto"
+    deterministic: bool = True  # runtime.configure(deterministic=...)
+    tf32: bool = False
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    """Final evaluation on the test split with fixed masks keyed by (image id, eval seed)."""
+
+    n_eval: int = 64
+    ddim_steps: int = 20
+    spacing: str = "leading"  # DDIM timestep spacing: leading | trailing (see the diffusion module docstring)
+    init: str = "noise"  # or "noised_input_LEAKS_GT" (the paper's start; leaks hidden content)
+    strength: float = 0.99  # only for init="noised_input_LEAKS_GT"
+    mask_kind: str = "medium"
+    seed: int = 0
+    lpips: bool = True
+    fid: bool = True  # FID and KID with the packaged Inception
+    batch_size: int = 32
+    n_grid: int = 8  # images in samples.png / samples.npz
+    periodic_n: int = 16  # images of the periodic evaluation during training
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelCfg, "diffusion": DiffusionCfg, "data": DataCfg, "train": TrainCfg, "eval": EvalCfg,
+}
+
+
+@dataclass(frozen=True)
+class ExpCfg:
+    preset: str
+    arm: str
+    size: str
+    seed: int
+    model: ModelCfg = field(default_factory=ModelCfg)
+    diffusion: DiffusionCfg = field(default_factory=DiffusionCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExpCfg":
+        """Inverse of ``to_dict`` (also accepts a ``config.json`` carrying ``config_hash``), validated."""
+        d = dict(d)
+        d.pop("config_hash", None)
+        top = {k: d.pop(k) for k in ("preset", "arm", "size", "seed") if k in d}
+        missing = {"preset", "arm", "size", "seed"} - set(top)
+        if missing:
+            raise KeyError(f"config dict lacks {sorted(missing)}")
+        flat = {}
+        for sec, sub in d.items():
+            if sec not in SECTIONS:
+                raise KeyError(f"unknown config section {sec!r}; valid sections: {sorted(SECTIONS)}")
+            for k, v in sub.items():
+                if sec == "model" and k == "unet":
+                    flat.update({f"unet.{uk}": uv for uk, uv in v.items()})
+                else:
+                    flat[f"{sec}.{k}"] = v
+        return _build(top["preset"], top["arm"], top["size"], top["seed"], flat, base=_DEFAULT_BASE)
+
+    def unet_config(self) -> UNetConfig:
+        return unet_config(self.arm, self.size, **_unet_kwargs(self.model.unet))
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.arm}-{self.preset}-{self.size}-s{self.seed}-{config_hash(self)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets (measured on the 2-core CPU machine; see the table in the lead's report / README)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, about a minute per run including evaluation: exercises every code path, not a quality
+    # measurement. Measured (2-core VM shared with other jobs, 1 thread): 33-40 s of CPU for the
+    # linear / lambda arms, 61 s for vanilla; 81-106 s wall at a load average of ~5.
+    "smoke": {
+        "size": "tiny",
+        "data.image_size": 32, "data.n_train": 256, "data.n_test": 16,
+        "train.steps": 40, "train.batch_size": 4, "train.lr": 2e-3, "train.warmup": 5,
+        "train.ema_decay": 0.99, "train.eval_every": 20, "train.ckpt_every": 20, "train.log_every": 5,
+        "train.sample_steps": 4, "train.threads": 1,
+        "eval.n_eval": 8, "eval.ddim_steps": 10, "eval.periodic_n": 4, "eval.n_grid": 4, "eval.batch_size": 8,
+    },
+    # CPU, one thread per run (run two side by side on 2 cores): about 4 minutes for the linear /
+    # lambda arms (measured 228-244 s of CPU), 2-2.5x that for vanilla (full attention over 1024
+    # tokens). Long enough for the loss and PSNR curves to move apart; not a converged model.
+    "dev": {
+        "size": "tiny",
+        "data.image_size": 32, "data.n_train": 2000, "data.n_test": 64,
+        "train.steps": 200, "train.batch_size": 8, "train.lr": 2e-3, "train.warmup": 20,
+        "train.ema_decay": 0.99, "train.eval_every": 50, "train.ckpt_every": 50, "train.log_every": 5,
+        "train.sample_steps": 5, "train.threads": 1,
+        "eval.n_eval": 32, "eval.ddim_steps": 10, "eval.periodic_n": 8, "eval.n_grid": 8, "eval.batch_size": 16,
+    },
+    # One GPU: 64 px, base U-Net, 100k steps, bf16 autocast.
+    "paper": {
+        "size": "base",
+        "data.image_size": 64, "data.n_train": 50000, "data.n_test": 1000, "data.preload": False,
+        "train.steps": 100_000, "train.batch_size": 64, "train.lr": 2e-4, "train.warmup": 1000,
+        "train.ema_decay": 0.9999, "train.eval_every": 5000, "train.ckpt_every": 5000, "train.log_every": 100,
+        "train.sample_steps": 20, "train.amp_bf16": True, "train.tf32": False,
+        "eval.n_eval": 1000, "eval.ddim_steps": 50, "eval.periodic_n": 64, "eval.n_grid": 8, "eval.batch_size": 64,
+    },
+}
+
+_DEFAULT_BASE = "<defaults>"  # from_dict: the dict is complete, start from dataclass defaults
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict overrides
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key ``resolve`` accepts (``unet.<field>`` covers UNetConfig fields)."""
+    keys = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c) if s != "model"]
+    keys += [f"unet.{f.name}" for f in dataclasses.fields(UNetConfig)]
+    return sorted(keys)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Strict check: bool is not int, int is accepted for float, None only for Optional."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    if tp is tuple or origin is tuple:
+        return isinstance(value, (tuple, list))
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+    if isinstance(value, list) and (typing.get_origin(tp) is tuple or tp is tuple):
+        return tuple(value)
+    return value
+
+
+def _unet_kwargs(d: Mapping[str, Any]) -> dict:
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
+def _canonical_key(key: str) -> str:
+    """Map a user key to 'section.field' or 'unet.field'; raise KeyError naming valid keys."""
+    if key.startswith("model.unet."):
+        key = key[len("model."):]
+    if key.startswith("unet."):
+        name = key[len("unet."):]
+        if name in {f.name for f in dataclasses.fields(UNetConfig)}:
+            return key
+        raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    if "." in key:
+        sec, name = key.split(".", 1)
+        if sec in SECTIONS and sec != "model" and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+            return key
+        raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    hits = [k for k in valid_keys() if k.split(".", 1)[1] == key and not k.startswith("unet.")]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise KeyError(f"config key {key!r} is ambiguous: use one of {hits}")
+    unet_hits = [k for k in valid_keys() if k == f"unet.{key}"]
+    if unet_hits:
+        return unet_hits[0]
+    raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+
+
+def _check_choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}; choose one of {list(allowed)}")
+
+
+def _validate(cfg: ExpCfg) -> None:
+    """Value checks beyond types (raise ValueError naming the key)."""
+    _check_choice("arm", cfg.arm, list(ARMS))
+    _check_choice("size", cfg.size, list(SIZES))
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {list(PRESETS)}")
+    if cfg.seed < 0:
+        raise ValueError(f"seed must be >= 0, got {cfg.seed}")
+    d, da, tr, ev = cfg.diffusion, cfg.data, cfg.train, cfg.eval
+    _check_choice("diffusion.schedule", d.schedule, SCHEDULES)
+    _check_choice("diffusion.t_sampling", d.t_sampling, T_SAMPLING)
+    _check_choice("data.dataset", da.dataset, DATASETS)
+    _check_choice("data.train_mask", da.train_mask, MASK_KINDS)
+    _check_choice("eval.mask_kind", ev.mask_kind, MASK_KINDS)
+    _check_choice("eval.spacing", ev.spacing, SPACINGS)
+    _check_choice("eval.init", ev.init, INITS)
+    _check_choice("train.device", tr.device, DEVICES)
+    if da.dataset == "folder" and not da.root:
+        raise ValueError("data.dataset='folder' needs data.root=<image folder>")
+    positive = {
+        "diffusion.timesteps": d.timesteps, "data.image_size": da.image_size, "data.n_train": da.n_train,
+        "data.n_test": da.n_test, "train.steps": tr.steps, "train.batch_size": tr.batch_size,
+        "train.grad_accum": tr.grad_accum, "train.sample_steps": tr.sample_steps, "train.log_every": tr.log_every,
+        "eval.n_eval": ev.n_eval, "eval.ddim_steps": ev.ddim_steps, "eval.batch_size": ev.batch_size,
+    }
+    for k, v in positive.items():
+        if v <= 0:
+            raise ValueError(f"{k} must be > 0, got {v}")
+    nonneg = {"train.warmup": tr.warmup, "train.eval_every": tr.eval_every, "train.ckpt_every": tr.ckpt_every,
+              "train.threads": tr.threads, "train.weight_decay": tr.weight_decay, "data.seed": da.seed,
+              "eval.seed": ev.seed, "eval.n_grid": ev.n_grid, "eval.periodic_n": ev.periodic_n}
+    for k, v in nonneg.items():
+        if v < 0:
+            raise ValueError(f"{k} must be >= 0, got {v}")
+    if not (0.0 < d.beta_start < d.beta_end < 1.0):
+        raise ValueError(f"need 0 < diffusion.beta_start < diffusion.beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    if not (math.isfinite(tr.lr) and tr.lr > 0):
+        raise ValueError(f"train.lr must be a finite number > 0, got {tr.lr}")
+    if not 0.0 <= tr.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {tr.ema_decay}")
+    if tr.batch_size % tr.grad_accum:
+        raise ValueError(f"train.batch_size={tr.batch_size} must be divisible by train.grad_accum={tr.grad_accum}")
+    if not 0.0 < ev.strength <= 1.0:
+        raise ValueError(f"eval.strength must be in (0, 1], got {ev.strength}")
+    if ev.n_eval > da.n_test:
+        raise ValueError(f"eval.n_eval={ev.n_eval} exceeds data.n_test={da.n_test}")
+    if ev.periodic_n > da.n_test:
+        raise ValueError(f"eval.periodic_n={ev.periodic_n} exceeds data.n_test={da.n_test}")
+    if ev.n_grid > ev.n_eval:
+        raise ValueError(f"eval.n_grid={ev.n_grid} exceeds eval.n_eval={ev.n_eval}")
+    ucfg = cfg.unet_config()  # validates the architecture (unknown keys, bad values)
+    div = 2 ** (ucfg.levels - 1)
+    if da.image_size % div:
+        raise ValueError(f"data.image_size={da.image_size} must be divisible by {div} for a {ucfg.levels}-level U-Net")
+
+
+def _build(preset: str, arm: str, size: str | None, seed: int, overrides: Mapping[str, Any], base: str) -> ExpCfg:
+    for name, val, tp in (("preset", preset, str), ("arm", arm, str), ("seed", seed, int)):
+        if not _type_ok(val, tp):
+            raise TypeError(f"{name} must be {tp.__name__}, got {type(val).__name__} {val!r}")
+    if base != _DEFAULT_BASE and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {list(ARMS)}")
+    preset_values = dict(PRESETS.get(preset, {})) if base != _DEFAULT_BASE else {}
+    size = size if size is not None else preset_values.pop("size", "tiny")
+    preset_values.pop("size", None)
+    if not isinstance(size, str):
+        raise TypeError(f"size must be str, got {type(size).__name__} {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    unet: dict[str, Any] = {}
+    merged = {**preset_values}
+    for raw_key, value in overrides.items():
+        if not isinstance(raw_key, str):
+            raise TypeError(f"override keys must be strings, got {raw_key!r}")
+        merged[_canonical_key(raw_key)] = value
+    ufield_types = _field_types(UNetConfig)
+    for key, value in merged.items():
+        key = _canonical_key(key)
+        sec, name = key.split(".", 1)
+        if sec == "unet":
+            tp = ufield_types[name]
+            if not _type_ok(value, tp):
+                raise TypeError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            unet[name] = list(value) if isinstance(value, tuple) else value
+            continue
+        tp = _field_types(SECTIONS[sec])[name]
+        if not _type_ok(value, tp):
+            raise TypeError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        sections[sec][name] = _coerce(value, tp)
+    if unet:
+        sections["model"]["unet"] = dict(sorted(unet.items()))
+    cfg = ExpCfg(
+        preset=preset, arm=arm, size=size, seed=seed,
+        **{s: SECTIONS[s](**vals) for s, vals in sections.items()},
+    )
+    _validate(cfg)
+    return cfg
+
+
+def resolve(preset: str = "smoke", arm: str = "lmi", size: str | None = None, seed: int = 0,
+            overrides: Mapping[str, Any] | None = None, **kw_overrides: Any) -> ExpCfg:
+    """The validated config of one run.
+
+    Args:
+        preset: ``smoke`` | ``dev`` | ``paper``.
+        arm: a key of ``unet.ARMS`` (``vanilla``, ``linear``, ``local_lambda``, ``interactive_lambda``,
+            ``lmi``, and the Table-2 arms).
+        size: a key of ``unet.SIZES``; ``None`` takes the preset's size.
+        seed: training seed (initialisation, data order, masks, noise).
+        overrides: flat ``{"train.lr": 1e-3, "unet.heads": 2, "lr": 1e-3}`` (dotted keys may not be
+            Python identifiers, hence the dict); ``**kw_overrides`` accepts bare unambiguous names.
+
+    Raises:
+        KeyError: unknown or ambiguous key (the message lists the valid keys).
+        TypeError: a value of the wrong type (int is accepted for float, nothing else is converted).
+        ValueError: a value out of range, an unknown arm / size / preset, an invalid architecture.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    merged = dict(overrides or {})
+    merged.update(kw_overrides)
+    return _build(preset, arm, size, seed, merged, base=preset)
+
+
+def parse_value(text: str) -> Any:
+    """CLI ``--set key=value`` value: JSON if it parses (numbers, true/false/null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_overrides(overrides: Mapping[str, Any] | str | None) -> dict:
+    """Overrides from a dict, a JSON object string, or ``"key=value; key=value"`` (values as in
+    ``parse_value``); ``None`` / ``""`` -> ``{}``. Keys are checked later by ``resolve``."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if not isinstance(overrides, str):
+        raise TypeError(f"overrides must be a dict or a string, got {type(overrides).__name__}")
+    try:
+        val = json.loads(overrides)
+    except json.JSONDecodeError:
+        val = None
+    if isinstance(val, dict):
+        return val
+    out = {}
+    for part in overrides.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"override {part!r} is not key=value (separate several with ';')")
+        k, v = part.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return {"__float__": repr(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
+def config_hash(cfg: ExpCfg | Mapping[str, Any]) -> str:
+    """sha1 of the canonical JSON of the config (sorted keys, floats by repr), first 10 hex digits."""
+    d = cfg.to_dict() if isinstance(cfg, ExpCfg) else {k: v for k, v in cfg.items() if k != "config_hash"}
+    text = json.dumps(_canonical(d), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]

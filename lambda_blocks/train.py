@@ -1,0 +1,594 @@
+"""Train and evaluate one inpainting U-Net arm: ``run(cfg, out_dir) -> run_dir`` and its CLI.
+
+    python -m lambda_blocks.train --preset smoke --attn lmi --size tiny --seed 0 --out runs/smoke \
+        [--set train.lr=1e-3 --set data.image_size=64 ...] [--no-progress] [--dry-run]
+    torchrun --standalone --nproc_per_node 2 -m lambda_blocks.train ...      # data parallel
+
+One loop: AdamW (no weight decay on biases and norms), linear warm-up then constant LR, EMA of the
+weights (evaluation uses the EMA), gradient clipping, gradient accumulation, bf16 autocast on CUDA
+only, periodic evaluation, atomic checkpoints, exact resume, NaN / inf detection.
+
+Randomness is keyed per sample (``lambda_blocks.seeding``): the training sample at global batch
+position j of step s draws its timestep and noise from the key ("train", seed, s, j), its mask from
+("mask", seed, s, j), and the data order is a permutation per epoch keyed ("order", seed, epoch).
+Nothing depends on a running RNG state, so
+
+* a run interrupted after a checkpoint continues exactly as if it had not stopped;
+* ``torchrun`` with W ranks (each taking its contiguous 1/W of every global batch, gradients
+  averaged with one all-reduce) computes the same update as one process, up to float summation
+  order. Only rank 0 writes files and evaluates.
+
+The run folder (``records`` module docstring) is ``{out}/{arm}-{preset}-{size}-s{seed}-{hash}``.
+A folder whose ``summary.json`` says ``"status": "done"`` is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import records, runtime
+from .config import ExpCfg, config_hash, parse_overrides, parse_value, resolve
+from .diffusion import Diffusion
+from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
+
+__all__ = ["run", "planned_run_dir", "unet_macs", "TrainingDiverged", "main"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient norm became NaN / inf."""
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+
+def planned_run_dir(preset: str = "smoke", out: str | Path = "runs", arm: str = "lmi", size: str | None = None,
+                    seed: int = 0, overrides: Mapping[str, Any] | str | None = None, **kw: Any) -> Path:
+    """The run folder ``run`` would use (validates the config; does no work).
+
+    ``overrides``: a dict, a JSON object string, or ``"key=value; key=value"``; extra keyword
+    arguments are overrides too.
+    """
+    cfg = resolve(preset, arm=arm, size=size, seed=seed, overrides={**parse_overrides(overrides), **kw})
+    return Path(out) / cfg.run_name
+
+
+# ---------------------------------------------------------------------------------------------
+# cost
+
+
+def unet_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass per sample (analytic).
+
+    Convs and linear layers are counted from their output sizes; each mixing block contributes its
+    own ``macs(h, w, L)`` (attention / lambda products included; the convention of
+    ``lambda_blocks.layers``), and its internals are not hooked twice. Norms, activations and
+    additions are not counted (as fvcore).
+    """
+    from .layers.blocks import MixBlock2d
+
+    total = [0]
+    inside: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, MixBlock2d):
+            inside.update(id(s) for s in m.modules() if s is not m)
+    hooks = []
+
+    def conv_hook(mod, inp, out):
+        if id(mod) in inside:
+            return
+        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+        total[0] += out[0].numel() * k
+
+    def lin_hook(mod, inp, out):
+        if id(mod) in inside:
+            return
+        total[0] += out[0].numel() * mod.in_features
+
+    def mix_hook(mod, inp, out):
+        x, ctx = inp[0], inp[1] if len(inp) > 1 else None
+        total[0] += int(mod.macs(x.shape[-2], x.shape[-1], 0 if ctx is None else ctx.shape[1]))
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(lin_hook))
+        elif isinstance(m, MixBlock2d):
+            hooks.append(m.register_forward_hook(mix_hook))
+    try:
+        c = model.cfg.image_channels
+        dev = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 2 * c + 1, image_size, image_size, device=dev), torch.zeros(1, device=dev))
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total[0])
+
+
+def _macs(model: nn.Module, image_size: int) -> tuple[int, str]:
+    """Per-sample forward MACs: ``profiling.torch_macs`` (torch's FlopCounterMode on a meta copy,
+    explicit attention ops) when available, else ``unet_macs`` (the two agree to 0.1% on the tiny arms)."""
+    c = model.cfg.image_channels
+    try:
+        from .profiling import torch_macs
+
+        x = (torch.zeros(1, 2 * c + 1, image_size, image_size), torch.zeros(1))
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        return int(torch_macs(cpu_model, x)), "profiling.torch_macs (FlopCounterMode, explicit ops, batch 1)"
+    except Exception:  # noqa: BLE001 - profiling is optional here
+        return unet_macs(model, image_size), "train.unet_macs (analytic: convs + linears + mixer.macs, batch 1)"
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+
+
+class _Dist:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self._owns = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: torch.device) -> None:
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            self._owns = True
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def broadcast_params(self, model: nn.Module) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def close(self) -> None:
+        if self.enabled and self._owns:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _dataset(cfg: ExpCfg, split: str):
+    from .data import make_dataset
+
+    d = cfg.data
+    n = d.n_train if split == "train" else d.n_test
+    return make_dataset(d.dataset, split, size=d.image_size, n=n, seed=d.seed, root=d.root, mask_root=d.mask_root)
+
+
+def _preload(ds, cache_dir: Path | None, cfg: ExpCfg) -> torch.Tensor:
+    """All training images as one (N, C, H, W) tensor, cached on disk by data config + data.py source."""
+    from . import data as data_mod
+
+    d = cfg.data
+    src = hashlib.sha1(Path(data_mod.__file__).read_bytes()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([d.dataset, d.root, d.image_size, d.n_train, d.seed, len(ds), src]).encode())
+    path = cache_dir / f"train-{key.hexdigest()[:16]}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            return records.load_checkpoint(path)["images"]
+        except Exception:  # a corrupt cache is rebuilt
+            pass
+    images = torch.stack([ds[i]["image"].float() for i in range(len(ds))])
+    if path is not None:
+        records.save_checkpoint(path, {"images": images})
+    return images
+
+
+class _Batches:
+    """Global data order: a permutation of the training set per epoch, keyed by (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def index(self, pos: int) -> int:
+        epoch, off = divmod(pos, self.n)
+        if epoch not in self._perms:
+            self._perms = {epoch: numpy_rng("order", self.seed, epoch).permutation(self.n)}
+        return int(self._perms[epoch][off])
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant."""
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+def _finite_mean(rows: list[float]) -> float:
+    return float(np.mean(rows)) if rows else float("nan")
+
+
+def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_after: int | None = None,
+        loss_hook=None) -> Path:
+    """Train, checkpoint and evaluate one config; returns the run folder.
+
+    Args:
+        cfg: from ``config.resolve``.
+        out_dir: parent folder; the run folder is ``out_dir / cfg.run_name``.
+        progress: tqdm bar (None: only when stderr is a terminal).
+        stop_after: stop after this many steps with a checkpoint and no final evaluation, as if the
+            process had been killed (tests; resume by calling ``run`` again).
+        loss_hook: optional ``f(step, loss) -> loss`` applied to each micro-batch loss (tests).
+
+    A finished run (summary.json with status "done") returns immediately; an interrupted one resumes
+    from ``ckpt.pt``. NaN / inf loss or gradient norm raises ``TrainingDiverged`` naming the step.
+    """
+    if not isinstance(cfg, ExpCfg):
+        raise TypeError(f"run() needs an ExpCfg from config.resolve(), got {type(cfg).__name__}")
+    dist = _Dist()
+    paths = records.RunPaths(Path(out_dir) / cfg.run_name)
+    if records.is_done(paths.dir):
+        if dist.is_main:
+            print(f"[skip] {paths.dir} is done (summary.json status=done)", file=sys.stderr)
+        return paths.dir
+    tr = cfg.train
+    device = runtime.select_device(tr.device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    dist.init(device)
+    step = 0
+    try:
+        with runtime.configured(deterministic=tr.deterministic, tf32=tr.tf32, threads=tr.threads) as flags:
+            return _run(cfg, paths, dist, device, flags, progress, stop_after, loss_hook)
+    except BaseException as exc:
+        if dist.is_main and not isinstance(exc, KeyboardInterrupt):
+            step = getattr(exc, "step", None)
+            records.write_json(paths.error, {
+                "error": f"{type(exc).__name__}: {exc}", "step": step,
+                "traceback": traceback.format_exc()[-4000:],
+            })
+        raise
+    finally:
+        dist.close()
+
+
+def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device, flags: dict,
+         progress: bool | None, stop_after: int | None, loss_hook) -> Path:
+    from .evaluate import evaluate_model, load_eval_set, sample_fills
+    from .unet import InpaintUNet
+
+    tr, ev, da = cfg.train, cfg.eval, cfg.data
+    chash = config_hash(cfg)
+    cache_dir = paths.dir.parent / ".cache"
+    if dist.is_main:
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        old = records.read_json(paths.config)
+        if old is not None and old.get("config_hash") != chash:
+            raise RuntimeError(f"{paths.config} holds config_hash {old.get('config_hash')}, not {chash}")
+        if old is None:
+            records.write_json(paths.config, {**cfg.to_dict(), "config_hash": chash})
+        if paths.error.exists():
+            paths.error.unlink()
+    dist.barrier()
+
+    per_rank = tr.batch_size // dist.world
+    if per_rank * dist.world != tr.batch_size or per_rank % tr.grad_accum:
+        raise ValueError(f"train.batch_size={tr.batch_size} must split into {dist.world} ranks x "
+                         f"train.grad_accum={tr.grad_accum} equal micro-batches")
+    micro = per_rank // tr.grad_accum
+    amp = bool(tr.amp_bf16 and device.type == "cuda")
+
+    # model, EMA, optimiser
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left untouched
+        torch.manual_seed(key_seed("init", cfg.seed))
+        model = InpaintUNet(cfg.unet_config()).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(_param_groups(model, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tr.warmup))
+    diffusion = Diffusion.from_cfg(cfg.diffusion)
+    train_time = 0.0
+    if paths.ckpt.exists():
+        ck = records.load_checkpoint(paths.ckpt, map_location=device)
+        if ck.get("config_hash") != chash:
+            raise RuntimeError(f"{paths.ckpt} belongs to config {ck.get('config_hash')}, not {chash}")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step, train_time = int(ck["step"]), float(ck.get("train_time_s", 0.0))
+        if dist.is_main:
+            records.truncate_jsonl(paths.metrics, step)
+            print(f"[resume] {paths.dir.name} from step {step}", file=sys.stderr)
+    else:
+        step = 0
+        if dist.is_main and paths.metrics.exists():
+            paths.metrics.unlink()
+    dist.broadcast_params(model)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    if dist.is_main:
+        env = runtime.environment_info(device)
+        env.update(runtime_flags=flags, world_size=dist.world, amp_bf16_active=amp, threads=flags["threads"],
+                   backend=("nccl" if device.type == "cuda" else "gloo") if dist.enabled else None)
+        records.write_json(paths.env, env)
+
+    # data
+    train_ds = _dataset(cfg, "train")
+    images = _preload(train_ds, cache_dir, cfg) if da.preload else None
+    n_train = len(train_ds)
+    if n_train == 0:
+        raise ValueError("the training split is empty")
+    order = _Batches(n_train, cfg.seed)
+    test_ds = _dataset(cfg, "test") if dist.is_main else None
+    periodic = (load_eval_set(test_ds, min(ev.periodic_n, len(test_ds)), da.image_size, ev.mask_kind, ev.seed)
+                if dist.is_main and ev.periodic_n > 0 and tr.eval_every > 0 else None)
+
+    from .masks import generate_mask
+
+    def get_batch(s: int, lo: int, hi: int):
+        idx = [order.index(s * tr.batch_size + j) for j in range(lo, hi)]
+        x0 = images[idx] if images is not None else torch.stack([train_ds[i]["image"].float() for i in idx])
+        masks = torch.from_numpy(np.stack([
+            generate_mask(da.train_mask, da.image_size, numpy_rng("mask", cfg.seed, s, j)) for j in range(lo, hi)
+        ])).unsqueeze(1)
+        gens = sample_generators([("train", cfg.seed, s, j) for j in range(lo, hi)])
+        t = diffusion.sample_t(gens)
+        noise = randn_per_sample(gens, x0.shape[1:])
+        return x0.to(device), masks.to(device), t.to(device), noise.to(device)
+
+    def save_ckpt() -> None:
+        if not dist.is_main:
+            return
+        records.save_checkpoint(paths.ckpt, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "step": step, "train_time_s": train_time,
+            "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict(), "config_hash": chash,
+            "versions": {"torch": str(torch.__version__), "lambda_blocks": _pkg_version()},
+        })
+
+    def periodic_eval() -> None:
+        if periodic is None:
+            return
+        ema.eval()
+        es = periodic
+        vl = diffusion.validation_loss(ema, es.images.to(device), es.masks.to(device),
+                                       sample_generators([("val", i, ev.seed) for i in es.ids]))
+        fills = sample_fills(ema, diffusion, es, device, tr.sample_steps, ev.spacing, batch_size=ev.batch_size)
+        from .metrics import psnr, ssim
+
+        row = {"kind": "eval", "step": step, "val_loss": float(vl.mean()), "n": len(es),
+               "ddim_steps": tr.sample_steps,
+               "psnr": float(psnr(fills.clamp(-1, 1), es.images).mean()),
+               "psnr_hole": float(psnr(fills.clamp(-1, 1), es.images, es.masks).nanmean())}
+        if min(es.images.shape[-2:]) >= 11:
+            row["ssim"] = float(ssim(fills.clamp(-1, 1), es.images).mean())
+            row["ssim_hole"] = float(ssim(fills.clamp(-1, 1), es.images, es.masks).nanmean())
+        records.append_jsonl(paths.metrics, row)
+
+    # training loop
+    model.train()
+    show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tr.steps, initial=step, desc=paths.dir.name, dynamic_ncols=True)
+    lo_rank = dist.rank * per_rank
+    win_losses: list[float] = []
+    win_t0, win_imgs = time.perf_counter(), 0
+    end = tr.steps if stop_after is None else min(tr.steps, stop_after)
+    last_loss = float("nan")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp) if device.type == "cuda" else None
+    while step < end:
+        t_step = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for a in range(tr.grad_accum):
+            lo = lo_rank + a * micro
+            x0, mask, t, noise = get_batch(step, lo, lo + micro)
+            if autocast is not None:
+                with autocast:
+                    loss = diffusion.training_loss(model, x0, mask, t, noise)
+            else:
+                loss = diffusion.training_loss(model, x0, mask, t, noise)
+            if loss_hook is not None:
+                loss = loss_hook(step, loss)
+            (loss * (micro / per_rank)).backward()
+            loss_sum += loss.detach().double() * micro
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if dist.enabled:
+            flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype)])
+            dist.all_reduce_(flat)
+            flat /= dist.world
+            off = 0
+            for g in grads:
+                g.copy_(flat[off:off + g.numel()].view_as(g))
+                off += g.numel()
+            loss_val = float(flat[-1]) * dist.world / tr.batch_size
+        else:
+            loss_val = float(loss_sum) / tr.batch_size
+        max_norm = tr.grad_clip if tr.grad_clip > 0 else float("inf")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        if not math.isfinite(loss_val) or not math.isfinite(gnorm):
+            what = "loss" if not math.isfinite(loss_val) else "gradient norm"
+            exc = TrainingDiverged(
+                f"non-finite {what} at step {step + 1} (loss={loss_val}, grad_norm={gnorm}, "
+                f"lr={opt.param_groups[0]['lr']:.3g}); lower train.lr or keep train.grad_clip > 0")
+            exc.step = step + 1
+            raise exc
+        opt.step()
+        sched.step()
+        step += 1
+        _ema_update(ema, model, min(tr.ema_decay, (1 + step) / (10 + step)))
+        dt = time.perf_counter() - t_step
+        train_time += dt
+        win_losses.append(loss_val)
+        win_imgs += tr.batch_size
+        last_loss = loss_val
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{tr.batch_size / dt:.1f}")
+        if dist.is_main and (step % tr.log_every == 0 or step == end):
+            now = time.perf_counter()
+            records.append_jsonl(paths.metrics, {
+                "kind": "train", "step": step, "loss": _finite_mean(win_losses), "loss_last": loss_val,
+                "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm,
+                "images_per_s": win_imgs / max(now - win_t0, 1e-9), "elapsed": train_time,
+            })
+            win_losses, win_imgs, win_t0 = [], 0, now
+        need_eval = tr.eval_every > 0 and step % tr.eval_every == 0
+        need_ckpt = (tr.ckpt_every > 0 and step % tr.ckpt_every == 0) or step == end
+        if dist.is_main and need_eval:
+            periodic_eval()
+            model.train()
+        if need_ckpt:
+            save_ckpt()
+            dist.barrier()
+        if need_eval or need_ckpt:
+            win_t0 = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    if step < tr.steps:  # stop_after: behave like a killed process
+        return paths.dir
+
+    # final evaluation (rank 0)
+    if dist.is_main:
+        es = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed)
+        res, fills = evaluate_model(ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing,
+                                    init=ev.init, strength=ev.strength, batch_size=ev.batch_size,
+                                    lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir)
+        g = list(range(min(ev.n_grid, len(es))))
+        if g:
+            records.write_samples(paths, es.masked[g], fills[g], es.images[g], es.masks[g], [es.ids[i] for i in g])
+        macs, macs_source = _macs(ema, da.image_size)
+        train_rows = [r for r in records.read_jsonl(paths.metrics) if r.get("kind") == "train"]
+        ips = (tr.steps * tr.batch_size / train_time) if train_time > 0 else None
+        summary = {
+            "status": "done", "config_hash": chash, "arm": cfg.arm, "size": cfg.size, "preset": cfg.preset,
+            "seed": cfg.seed, "image_size": da.image_size, "steps": step, "params": n_params,
+            "macs": macs, "macs_source": macs_source,
+            "train_time_s": train_time, "images_per_s": ips,
+            "final_loss": train_rows[-1]["loss"] if train_rows else last_loss,
+            "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
+            "eval_mask_kind": ev.mask_kind, "world_size": dist.world, "device": device.type,
+            **res,
+        }
+        records.append_jsonl(paths.metrics, {"kind": "final", "step": step,
+                                             **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
+        records.write_json(paths.summary, summary)
+    dist.barrier()
+    return paths.dir
+
+
+def _pkg_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .unet import ARMS, SIZES
+
+    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="smoke", choices=("smoke", "dev", "paper"))
+    ap.add_argument("--attn", "--arm", dest="arm", default="lmi", choices=list(ARMS), help="U-Net arm (unet.ARMS)")
+    ap.add_argument("--size", default=None, choices=list(SIZES), help="size preset (default: the preset's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set train.lr=1e-3 --set unet.heads=2 (repeatable)")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    ap.add_argument("--progress", action="store_true", help="force the tqdm bar even when not a terminal")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run folder, do nothing")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.sets:
+        if "=" not in item:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = parse_value(v.strip())
+    try:
+        cfg = resolve(args.preset, arm=args.arm, size=args.size, seed=args.seed, overrides=overrides)
+    except (KeyError, TypeError, ValueError) as exc:
+        ap.error(str(exc.args[0]) if exc.args else str(exc))
+    run_dir = Path(args.out) / cfg.run_name
+    if args.dry_run:
+        print(json.dumps({**cfg.to_dict(), "config_hash": config_hash(cfg)}, indent=2, sort_keys=True))
+        print(f"run folder: {run_dir}")
+        return 0
+    progress = False if args.no_progress else (True if args.progress else None)
+    t0 = time.time()
+    run_dir = run(cfg, args.out, progress=progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = records.read_json(records.RunPaths(run_dir).summary) or {}
+        keys = ("psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "fid", "kid", "smoothness_gap", "params",
+                "macs", "train_time_s", "images_per_s")
+        print(json.dumps({k: summary.get(k) for k in keys}, sort_keys=False))
+        print(f"{run_dir}  ({time.time() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
