@@ -192,7 +192,7 @@ class LMIBlock(TokenMixer):
         feat_size: tuple[int, int] | None = None,
         num_tokens: int | None = None,
         ffn_ratio: float = 2.5,
-        lambda_conv: str = "conv2d",
+        lambda_conv: str = "auto",
     ):
         super().__init__()
         self.dim = dim

@@ -1,0 +1,31 @@
+"""Shared bits of the benchmark scripts (run them from the repo root: ``python benchmarks/<script>.py``)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the scripts import the package from the work tree
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from lambda_blocks.profiling import hardware_name  # noqa: E402
+
+
+def tag(device: str = "cpu") -> str:
+    """File-name tag: device, hardware, torch version, threads (timm's latency-file naming)."""
+    hw = re.sub(r"[^a-z0-9]+", "-", hardware_name(device).lower()).strip("-")
+    ver = torch.__version__.split("+")[0]
+    return f"{device}-{hw}-pt{ver}-t{torch.get_num_threads()}"
+
+
+def header(title: str, device: str = "cpu") -> None:
+    print(f"# {title}")
+    print(f"# hardware={hardware_name(device)!r} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    try:
+        load = os.getloadavg()
+        print(f"# load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: compare ratios measured side by side)")
+    except OSError:
+        pass
