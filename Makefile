@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m lambda_blocks.demo
+	$(PY) -m ablations study --preset $(PRESET) --jobs $(JOBS)
 
 demo: $(STAMP)
 	$(PY) -m lambda_blocks.demo
