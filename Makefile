@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PRESET ?= smoke
-JOBS   ?= 1
+JOBS   ?= 2
 STAMP  := $(VENV)/.installed
 
 # torch/torchvision are pinned to the builds that lie on the project machines' disk (DATA.md);
