@@ -52,7 +52,8 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             for name, text in (("table2_ablation.md", md), ("table2_ablation.tex", tex)):
                 P.atomic_write_text(assets_dir / name, text)
                 written.append(assets_dir / name)
-        P.atomic_write_text(results_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g")) if len(done) else None
+        if len(done):
+            P.atomic_write_text(results_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"))
     if curves is not None and len(curves):
         written += P.fig_training_curves(curves[curves["arm"].isin(VARIANT_ARMS)], figures_dir)
     if profile is not None and len(profile) and (profile["kind"] == "block").any():

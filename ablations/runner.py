@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from lambda_blocks.records import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("train", "profile", "notebook")
 SWEEP_KEYS = {"name", "notebook", "kind", "grid", "fixed", "presets", "description"}
@@ -137,15 +139,11 @@ def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Pa
         msg = str(exc).strip().splitlines()
         rec = {"status": "failed", "notebook_params": nb_params, "error": (msg[-1] if msg else repr(exc))[:500],
                "traceback": traceback.format_exc()[-4000:], "elapsed_s": time.time() - t0, "sweep": sweep.name}
-        tmp = err_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=2, default=str))
-        os.replace(tmp, err_file)
+        write_json(err_file, rec)
         return rec
     if err_file.exists():
         err_file.unlink()
     if sweep.kind != "train" and not (run_dir / "summary.json").exists():
-        from lambda_blocks.plotting import write_json
-
         write_json(run_dir / "summary.json", {"status": "done", "sweep": sweep.name, "params": nb_params,
                                               "elapsed_s": time.time() - t0})
     return {"status": "done", "elapsed_s": time.time() - t0}

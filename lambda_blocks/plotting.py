@@ -8,13 +8,12 @@ Files are written atomically, PNG + PDF, with deterministic metadata so git diff
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .records import atomic_write_bytes, atomic_write_text  # the one atomic writer of the package
 
 LABELS = {
     "vanilla": "Softmax attn",
@@ -76,18 +75,6 @@ def style() -> None:
     )
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    _atomic_bytes(Path(path), text.encode())
-
-
 def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf atomically with deterministic metadata."""
     import matplotlib.pyplot as plt
@@ -97,7 +84,7 @@ def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, metadata=meta, bbox_inches="tight")
         path = Path(out_dir) / f"{name}.{ext}"
-        _atomic_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     plt.close(fig)
     return out
@@ -363,9 +350,6 @@ def caption_for(runs: pd.DataFrame, preset: str) -> str:
     return (f"Preset `{preset}`: {res}x{res} crops of the embedded test split, {n_img} test images with fixed masks, "
             f"mean ± std over {seeds} seed(s); no distillation (KD). Latency: U-Net forward at batch 1 on {hw}.")
 
-
-def write_json(path: Path | str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def fig_run_curves(rows: list[dict], out_dir, name: str = "curves") -> list[Path]:

@@ -116,24 +116,14 @@ def test_eval_mode_batch_independence(name):
     m.train()
     m(torch.randn(8, DIM, 5, 7), context_for(m, 8))  # update any running statistics
     m.eval()
-    x = torch.randn(4, DIM, 5, 7)
-    ctx = context_for(m, 4)
-    full = m(x, ctx)
-    for i in range(4):
-        one = m(x[i : i + 1], None if ctx is None else ctx[i : i + 1])
-        torch.testing.assert_close(full[i : i + 1], one, rtol=1e-4, atol=1e-5)
+    assert_batch_independent(m)
 
 
 @pytest.mark.parametrize("name", list_attention())
 def test_train_mode_batch_independence_without_batchnorm(name):
     m = build(name).train()
     assert not m.couples_batch_in_train, "the default norms must not couple samples"
-    x = torch.randn(4, DIM, 5, 7)
-    ctx = context_for(m, 4)
-    full = m(x, ctx)
-    for i in range(4):
-        one = m(x[i : i + 1], None if ctx is None else ctx[i : i + 1])
-        torch.testing.assert_close(full[i : i + 1], one, rtol=1e-4, atol=1e-5)
+    assert_batch_independent(m)
 
 
 def test_paper_batchnorm_couples_samples_in_train_mode():
@@ -197,6 +187,16 @@ def test_lmi_is_the_composition_of_its_parts():
     assert blk.self_mixer.name == "local_lambda"
     assert blk.cross_mixer.name == "interactive_lambda"
     assert type(blk.ffn).__name__ == "MixFFN" and blk.ffn.hidden == int(2.5 * DIM)
+
+
+def assert_batch_independent(m, b=4):
+    """f(x)[i] == f(x[i:i+1]) for every sample i."""
+    x = torch.randn(b, DIM, 5, 7)
+    ctx = context_for(m, b)
+    full = m(x, ctx)
+    for i in range(b):
+        one = m(x[i : i + 1], None if ctx is None else ctx[i : i + 1])
+        torch.testing.assert_close(full[i : i + 1], one, rtol=1e-4, atol=1e-5)
 
 
 def _args(name):
