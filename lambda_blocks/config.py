@@ -32,7 +32,7 @@ from typing import Any, Mapping
 from .unet import ARMS, SIZES, UNetConfig, unet_config
 
 __all__ = [
-    "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "ExpCfg",
+    "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "LatentCfg", "KDCfg", "ExpCfg",
     "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides",
 ]
 
@@ -40,6 +40,9 @@ SCHEDULES = ("cosine", "linear", "scaled_linear")
 SPACINGS = ("trailing", "leading")
 INITS = ("noise", "noised_input_LEAKS_GT")
 T_SAMPLING = ("uniform", "logit_normal")
+SPACES = ("pixel", "latent")
+KD_WEIGHTINGS = ("adaptive", "fixed")
+KD_PERCEPTUAL = ("latent_ms", "decoded_lpips", "none")
 DATASETS = ("embedded", "portrait", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 MASK_KINDS = ("thin", "medium", "thick", "box")
@@ -126,9 +129,60 @@ class EvalCfg:
     periodic_n: int = 16  # images of the periodic evaluation during training
 
 
+@dataclass(frozen=True)
+class LatentCfg:
+    """Where diffusion runs. ``pixel`` (default): on the images. ``latent``: on the latents of the
+    repo's own autoencoder (``lambda_blocks.autoencoder``; trained on the same training split when
+    missing, into ``{out}/ae-...``): input cat(z_t, mask downsampled, z of the masked image), the
+    paper's 9-channel layout. ``ae_preset`` picks ``autoencoder.AE_PRESETS`` (None: the run's preset);
+    ``ae_overrides`` are strict ``AECfg`` overrides. Metrics are always computed on decoded images."""
+
+    space: str = "pixel"
+    ae_preset: str | None = None
+    ae_overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KDCfg:
+    """Latent-space distillation from a larger teacher (MOEBIUS_SPEC section 8; ``lambda_blocks.kd``).
+
+    The teacher is an ordinary run of this pipeline (``teacher_arm`` at ``teacher_size``, seed
+    ``teacher_seed``, the student's data / diffusion / latent / eval settings plus
+    ``teacher_overrides``), trained into the same output folder when missing, frozen, EMA weights.
+    Losses: task (eps MSE), output KD (``output``), feature KD between ``feat_student`` (None: the
+    student's encoder bottleneck) and ``feat_teacher`` (None: the teacher's first decoder stage)
+    through a trained 1x1 projector when shapes differ (``feature``), and a perceptual term
+    (``perceptual``: ``latent_ms`` weight-free multi-scale latent loss, ``decoded_lpips`` real-AlexNet
+    LPIPS on decoded images, ``none``). ``weighting``: ``adaptive`` (the gradient-norm ratios of the
+    paper) or ``fixed`` (``fixed_w_*``). ``lambda_*`` are the paper's static weights.
+    """
+
+    enabled: bool = False
+    teacher_arm: str = "vanilla"
+    teacher_size: str = "base"
+    teacher_seed: int = 0
+    teacher_overrides: dict = field(default_factory=dict)
+    weighting: str = "adaptive"
+    perceptual: str = "latent_ms"
+    feature: bool = True
+    output: bool = True
+    feat_student: str | None = None
+    feat_teacher: str | None = None
+    lambda_kd: float = 0.01
+    lambda_task: float = 0.5
+    lambda_lp: float = 0.5
+    fixed_w_fkd: float = 1.0
+    fixed_w_lp: float = 1.0
+    fixed_w_c: float = 1.0
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelCfg, "diffusion": DiffusionCfg, "data": DataCfg, "train": TrainCfg, "eval": EvalCfg,
+    "latent": LatentCfg, "kd": KDCfg,
 }
+# Sections added after the first runs were recorded: left out of the hash while at their defaults,
+# so every earlier run folder keeps its name.
+_HASH_OPTIONAL = ("latent", "kd")
 
 
 @dataclass(frozen=True)
@@ -142,6 +196,8 @@ class ExpCfg:
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    latent: LatentCfg = field(default_factory=LatentCfg)
+    kd: KDCfg = field(default_factory=KDCfg)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
@@ -168,11 +224,51 @@ class ExpCfg:
         return _build(top["preset"], top["arm"], top["size"], top["seed"], flat, base=_DEFAULT_BASE)
 
     def unet_config(self) -> UNetConfig:
-        return unet_config(self.arm, self.size, **_unet_kwargs(self.model.unet))
+        kw = _unet_kwargs(self.model.unet)
+        if self.latent.space == "latent":
+            kw.setdefault("image_channels", self.ae_config().latent_channels)
+        return unet_config(self.arm, self.size, **kw)
+
+    def ae_config(self):
+        """The autoencoder of a latent-space run (``autoencoder.AECfg``): ``latent.ae_preset`` (None:
+        this run's preset) trained on this run's training split, plus ``latent.ae_overrides``."""
+        from .autoencoder import ae_config
+
+        d = self.data
+        base = dict(dataset=d.dataset, image_size=d.image_size, n_train=d.n_train, data_seed=d.seed)
+        return ae_config(self.latent.ae_preset or self.preset, **{**base, **self.latent.ae_overrides})
+
+    @property
+    def work_size(self) -> int:
+        """Side of what the U-Net sees: the image, or its latent."""
+        if self.latent.space == "latent":
+            return self.data.image_size // self.ae_config().factor
+        return self.data.image_size
+
+    @property
+    def tag(self) -> str:
+        """``arm`` plus ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled."""
+        t = self.arm + ("-latent" if self.latent.space == "latent" else "")
+        if self.kd.enabled:
+            t += "-kd" if self.kd.weighting == "adaptive" else f"-kd{self.kd.weighting}"
+        return t
 
     @property
     def run_name(self) -> str:
-        return f"{self.arm}-{self.preset}-{self.size}-s{self.seed}-{config_hash(self)}"
+        return f"{self.tag}-{self.preset}-{self.size}-s{self.seed}-{config_hash(self)}"
+
+    def teacher_config(self) -> "ExpCfg":
+        """The teacher run of a distilled config: same data / diffusion / latent / eval / train
+        settings, ``kd.teacher_arm`` at ``kd.teacher_size``, KD off, plus ``kd.teacher_overrides``."""
+        if not self.kd.enabled:
+            raise ValueError("teacher_config() needs kd.enabled=True")
+        flat: dict[str, Any] = {}
+        for sec in ("diffusion", "data", "train", "eval", "latent"):
+            for k, v in dataclasses.asdict(getattr(self, sec)).items():
+                flat[f"{sec}.{k}"] = v
+        flat.update(self.kd.teacher_overrides)
+        return _build(self.preset, self.kd.teacher_arm, self.kd.teacher_size, self.kd.teacher_seed, flat,
+                      base=_DEFAULT_BASE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +412,28 @@ def _validate(cfg: ExpCfg) -> None:
     _check_choice("eval.spacing", ev.spacing, SPACINGS)
     _check_choice("eval.init", ev.init, INITS)
     _check_choice("train.device", tr.device, DEVICES)
+    _check_choice("latent.space", cfg.latent.space, SPACES)
+    if cfg.latent.ae_preset is not None and cfg.latent.ae_preset not in PRESETS:
+        raise ValueError(f"latent.ae_preset={cfg.latent.ae_preset!r}; choose one of {list(PRESETS)} or null")
+    kd = cfg.kd
+    _check_choice("kd.weighting", kd.weighting, KD_WEIGHTINGS)
+    _check_choice("kd.perceptual", kd.perceptual, KD_PERCEPTUAL)
+    _check_choice("kd.teacher_arm", kd.teacher_arm, list(ARMS))
+    _check_choice("kd.teacher_size", kd.teacher_size, list(SIZES))
+    for k in ("lambda_kd", "lambda_task", "lambda_lp", "fixed_w_fkd", "fixed_w_lp", "fixed_w_c"):
+        v = getattr(kd, k)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"kd.{k} must be a finite number >= 0, got {v}")
+    if kd.teacher_seed < 0:
+        raise ValueError(f"kd.teacher_seed must be >= 0, got {kd.teacher_seed}")
+    if kd.enabled:
+        for k in kd.teacher_overrides:
+            ck = _canonical_key(k)
+            if ck.startswith("kd."):
+                raise ValueError(f"kd.teacher_overrides may not set {k!r}: a teacher is never distilled")
+        if kd.perceptual == "decoded_lpips" and cfg.latent.space != "latent":
+            raise ValueError("kd.perceptual='decoded_lpips' decodes latents: it needs latent.space='latent'")
+        cfg.teacher_config()  # the teacher's config must be valid too
     if da.dataset == "folder" and not da.root:
         raise ValueError("data.dataset='folder' needs data.root=<image folder>")
     positive = {
@@ -351,7 +469,12 @@ def _validate(cfg: ExpCfg) -> None:
         raise ValueError(f"eval.n_grid={ev.n_grid} exceeds eval.n_eval={ev.n_eval}")
     ucfg = cfg.unet_config()  # validates the architecture (unknown keys, bad values)
     div = 2 ** (ucfg.levels - 1)
-    if da.image_size % div:
+    if cfg.latent.space == "latent":
+        f = cfg.ae_config().factor
+        if da.image_size % (div * f):
+            raise ValueError(f"data.image_size={da.image_size} must be divisible by {div * f} (autoencoder factor "
+                             f"{f} x {div} for a {ucfg.levels}-level U-Net) in latent space")
+    elif da.image_size % div:
         raise ValueError(f"data.image_size={da.image_size} must be divisible by {div} for a {ucfg.levels}-level U-Net")
 
 
@@ -480,5 +603,8 @@ def _canonical(obj: Any) -> Any:
 def config_hash(cfg: ExpCfg | Mapping[str, Any]) -> str:
     """sha1 of the canonical JSON of the config (sorted keys, floats by repr), first 10 hex digits."""
     d = cfg.to_dict() if isinstance(cfg, ExpCfg) else {k: v for k, v in cfg.items() if k != "config_hash"}
+    for sec in _HASH_OPTIONAL:
+        if sec in d and d[sec] == json.loads(json.dumps(dataclasses.asdict(SECTIONS[sec]()))):
+            d = {k: v for k, v in d.items() if k != sec}
     text = json.dumps(_canonical(d), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]

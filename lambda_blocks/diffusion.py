@@ -165,13 +165,16 @@ class Diffusion:
         return t.clamp(0, self.timesteps - 1).to(device)
 
     def training_loss(self, model: Callable, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-                      noise: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """MSE between the predicted and the true noise on input cat(x_t, x0 * (1 - mask), mask).
+                      noise: torch.Tensor, reduction: str = "mean", masked: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE between the predicted and the true noise on input cat(x_t, masked, mask).
 
-        ``reduction="none"`` returns the per-sample mean (B,).
+        ``masked`` defaults to ``x0 * (1 - mask)`` (pixel space); in latent space it is the latent of
+        the masked image, which is not the masked latent. ``reduction="none"`` returns the per-sample
+        mean (B,).
         """
         x_t = self.q_sample(x0, t, noise)
-        masked = x0 * (1 - mask)
+        if masked is None:
+            masked = x0 * (1 - mask)
         eps = model(self.model_input(x_t, masked, mask), t)
         err = (eps.float() - noise.float()).square().flatten(1).mean(1)
         return err.mean() if reduction == "mean" else err
@@ -264,12 +267,13 @@ class Diffusion:
 
     @torch.no_grad()
     def validation_loss(self, model: Callable, x0: torch.Tensor, mask: torch.Tensor,
-                        gens: Sequence[torch.Generator], n_t: int = 4) -> torch.Tensor:
+                        gens: Sequence[torch.Generator], n_t: int = 4,
+                        masked: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample eps-MSE averaged over ``n_t`` evenly spaced timesteps with keyed noise (B,)."""
         ts = [int((k + 0.5) * self.timesteps / n_t) for k in range(n_t)]
         total = torch.zeros(x0.shape[0], dtype=torch.float64)
         for t in ts:
             noise = randn_like_per_sample(x0, gens)
             tt = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
-            total += self.training_loss(model, x0, mask, tt, noise, reduction="none").double().cpu()
+            total += self.training_loss(model, x0, mask, tt, noise, reduction="none", masked=masked).double().cpu()
         return total / n_t

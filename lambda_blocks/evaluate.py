@@ -40,8 +40,9 @@ __all__ = ["EvalSet", "load_eval_set", "sample_fills", "fid_from_features", "eva
 class EvalSet:
     """The first ``n`` test images with their fixed masks and start noise."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, ids: list[str], noise: torch.Tensor):
-        self.images, self.masks, self.ids, self.noise = images, masks, ids, noise
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, ids: list[str], noise: torch.Tensor,
+                 seed: int = 0):
+        self.images, self.masks, self.ids, self.noise, self.seed = images, masks, ids, noise, seed
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,14 +68,20 @@ def load_eval_set(test_ds, n: int, image_size: int, mask_kind: str, seed: int) -
     ])
     gens = sample_generators([("eval-noise", i, seed) for i in ids])
     noise = randn_per_sample(gens, images.shape[1:])
-    return EvalSet(images, masks, ids, noise)
+    return EvalSet(images, masks, ids, noise, seed)
 
 
 @torch.no_grad()
 def sample_fills(model, diffusion: Diffusion, es: EvalSet, device, steps: int, spacing: str = "leading",
                  init: str = "noise", strength: float = 1.0, batch_size: int = 32,
-                 indices: Sequence[int] | None = None) -> torch.Tensor:
-    """Composited fills (N, C, H, W) on CPU, in batches (the result does not depend on batch_size)."""
+                 indices: Sequence[int] | None = None, space=None) -> torch.Tensor:
+    """Composited fills (N, C, H, W) on CPU, in batches (the result does not depend on batch_size).
+
+    ``space``: ``None`` samples in pixel space; an ``autoencoder.LatentSpace`` samples latents from
+    cat(z_t, mask downsampled, latent of the masked image), with start noise keyed by (image id,
+    eval seed) like the pixel noise, without clamping the clean estimate (latents are not bounded by
+    [-1, 1]), decodes, and pastes the known pixels back in pixel space.
+    """
     idx = list(range(len(es))) if indices is None else list(indices)
     outs = []
     was_training = model.training
@@ -86,10 +93,20 @@ def sample_fills(model, diffusion: Diffusion, es: EvalSet, device, steps: int, s
             mask = es.masks[b].to(device)
             masked = x0 * (1 - mask)
             kw: dict[str, Any] = {}
-            if init == LEAK_INIT:
-                kw = dict(leak_image=x0, strength=strength)
-            out = diffusion.ddim_sample(model, masked, mask, noise=es.noise[b].to(device), steps=steps,
-                                        spacing=spacing, init=init, **kw)
+            if space is None:
+                if init == LEAK_INIT:
+                    kw = dict(leak_image=x0, strength=strength)
+                out = diffusion.ddim_sample(model, masked, mask, noise=es.noise[b].to(device), steps=steps,
+                                            spacing=spacing, init=init, **kw)
+            else:
+                z0, zmask, zmasked = space.encode_problem(x0, mask)
+                if init == LEAK_INIT:
+                    kw = dict(leak_image=z0, strength=strength)
+                gens = sample_generators([("eval-noise-latent", es.ids[i], es.seed) for i in b])
+                zn = randn_per_sample(gens, zmasked.shape[1:]).to(device=device, dtype=zmasked.dtype)
+                z = diffusion.ddim_sample(model, zmasked, zmask, noise=zn, steps=steps, spacing=spacing,
+                                          init=init, clip_x0=False, **kw)
+                out = mask * space.decode(z) + (1 - mask) * masked
             outs.append(out.float().cpu())
     finally:
         model.train(was_training)
@@ -148,12 +165,13 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 def evaluate_model(model, diffusion: Diffusion, es: EvalSet, device, *, steps: int, spacing: str = "leading",
                    init: str = "noise", strength: float = 1.0, batch_size: int = 32, lpips: bool = True,
-                   fid: bool = True, cache_dir: Path | None = None) -> tuple[dict, torch.Tensor]:
-    """Sample every test problem and compute the metrics. Returns (metrics dict, fills)."""
+                   fid: bool = True, cache_dir: Path | None = None, space=None) -> tuple[dict, torch.Tensor]:
+    """Sample every test problem and compute the metrics on the (decoded) images.
+    ``space``: see ``sample_fills``. Returns (metrics dict, fills)."""
     from . import metrics as M
 
     t0 = time.time()
-    fills = sample_fills(model, diffusion, es, device, steps, spacing, init, strength, batch_size)
+    fills = sample_fills(model, diffusion, es, device, steps, spacing, init, strength, batch_size, space=space)
     t_sample = time.time() - t0
     size = es.images.shape[-1]
     lp_model, lp_source = None, "disabled"

@@ -36,7 +36,7 @@ import torch
 __all__ = [
     "SUMMARY_KEYS", "RunPaths", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
     "append_jsonl", "read_jsonl", "truncate_jsonl", "save_checkpoint", "load_checkpoint", "is_done",
-    "to_uint8", "write_samples",
+    "to_uint8", "write_samples", "run_lock",
 ]
 
 SUMMARY_KEYS = (
@@ -64,6 +64,26 @@ class RunPaths:
 
     def eval_file(self, key: str) -> Path:
         return self.dir / f"eval-{key}.json"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Exclusive lock on ``{run_dir}.lock`` (fcntl, released when the process dies): two processes
+    that need the same shared run (an autoencoder, a teacher) train it once; the second waits and
+    then finds it done. No-op where fcntl is unavailable."""
+    path = Path(str(run_dir) + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------

