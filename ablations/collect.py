@@ -3,7 +3,11 @@
 * ``runs.csv``: one row per training run (finished or failed), fixed columns ``RUN_COLUMNS``.
 * ``curves.csv``: the training loss of every run per logged step.
 * ``profile.csv``: every profiling row of the profile runs (deduplicated, newest wins).
-* ``samples/<arm>-<size>-s<seed>.npz``: the fixed test fills of each run (a few small images).
+* ``kd_log.csv``: every distillation step's loss terms and adaptive weights (``kind: kd`` rows).
+* ``samples/<tag>-<size>-s<seed>.npz``: the fixed test fills of each run (a few small images);
+  ``tag`` is the arm, plus ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled.
+
+Autoencoder run folders (``ae-*``) are not training runs and are left out.
 """
 from __future__ import annotations
 
@@ -20,8 +24,13 @@ RUN_COLUMNS = [
     "params", "macs", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "lpips_source",
     "fid", "kid", "kid_std", "n_eval_images", "smoothness_gap", "hole_ratio", "steps", "train_time_s",
     "images_per_s", "device", "threads", "hardware", "torch_version", "git_sha",
+    # latent space and distillation (empty for the pixel-space runs recorded before them)
+    "tag", "space", "work_size", "kd", "kd_weighting", "kd_perceptual", "teacher_run", "teacher_params",
+    "projector_params", "ae_run", "ae_psnr", "ae_ssim", "ae_lpips", "latency_ms_inrun", "peak_mem_mb_inrun",
 ]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
+KD_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "step", "loss_total", "loss_task", "loss_fkd", "loss_ckd",
+              "loss_lp", "w_fkd", "w_lp", "w_c"]
 PROFILE_KEY = ["kind", "variant", "preset", "channels", "height", "width", "batch", "pass", "dtype", "device"]
 
 
@@ -38,7 +47,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.DataFrame]:
     runs_root, results_dir = Path(runs_root), Path(results_dir)
-    rows, curves, profiles = [], [], []
+    rows, curves, profiles, kd_rows = [], [], [], []
     samples_dir = results_dir / "samples"
     for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_root.exists() else []:
         summary, config = _read_json(run_dir / "summary.json"), _read_json(run_dir / "config.json")
@@ -48,7 +57,7 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
             continue
         if not config and not error:
             continue
-        is_train = bool(config) or error.get("notebook_params", {}).get("arm") is not None
+        is_train = "arm" in config or error.get("notebook_params", {}).get("arm") is not None  # not an autoencoder
         if not is_train:
             continue
         params = error.get("notebook_params", {})
@@ -57,6 +66,15 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
                    seed=config.get("seed", params.get("seed")), preset=config.get("preset", params.get("preset")))
         row.update({k: v for k, v in summary.items() if k in RUN_COLUMNS})
         row.update({k: env.get(k) for k in ("device", "threads", "hardware", "torch_version", "git_sha") if env.get(k) is not None})
+        lat, kdc = config.get("latent") or {}, config.get("kd") or {}
+        row["space"] = lat.get("space", "pixel") if config else params.get("space")
+        row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")
+        if row["kd"]:
+            row["kd_weighting"], row["kd_perceptual"] = kdc.get("weighting"), kdc.get("perceptual")
+        row["tag"] = row["arm"] if row["arm"] is not None else None
+        if row["tag"] is not None:
+            row["tag"] += "-latent" if row["space"] == "latent" else ""
+            row["tag"] += ("-kd" if row["kd_weighting"] == "adaptive" else f"-kd{row['kd_weighting']}") if row["kd"] else ""
         if summary.get("status") == "done":
             row["status"] = "done"
         elif error:
@@ -71,16 +89,21 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-                if "loss" in rec and "step" in rec:
+                if rec.get("kind") == "kd":
+                    kd_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
+                                    "seed": row["seed"], **{k: rec.get(k) for k in KD_COLUMNS[5:]}})
+                elif "loss" in rec and "step" in rec:
                     curves.append(dict(run_id=run_dir.name, arm=row["arm"], size=row["size"], seed=row["seed"],
                                        step=rec["step"], loss=rec["loss"]))
         if (run_dir / "samples.npz").exists() and row["status"] == "done":
             samples_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "samples.npz", samples_dir / f"{row['arm']}-{row['size']}-s{row['seed']}.npz")
+            shutil.copyfile(run_dir / "samples.npz", samples_dir / f"{row['tag']}-{row['size']}-s{row['seed']}.npz")
     out = {
         "runs": pd.DataFrame(rows, columns=RUN_COLUMNS),
         "curves": pd.DataFrame(curves, columns=CURVE_COLUMNS),
     }
+    if kd_rows:
+        out["kd_log"] = pd.DataFrame(kd_rows, columns=KD_COLUMNS)
     if profiles:
         prof = pd.concat(profiles, ignore_index=True)
         key = [k for k in PROFILE_KEY if k in prof]

@@ -21,13 +21,14 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
     Missing inputs are reported (a study without profiling has no cost figure) rather than faked.
     """
     results_dir, figures_dir, assets_dir = Path(results_dir), Path(figures_dir), Path(assets_dir)
-    runs, curves, profile = (_read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile"))
+    runs, curves, profile, kd_log = (_read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log"))
     written: list[Path] = []
     if runs is None and profile is None:
         raise FileNotFoundError(f"no results in {results_dir}: run `python -m ablations collect` first")
     if runs is not None and len(runs):
         runs = P.attach_latency(runs, profile)
-        done = runs[runs["status"] == "done"]
+        done_all = runs[runs["status"] == "done"]
+        done, latent = P.split_runs(done_all)  # pixel-space runs without KD | the distillation study
         variants = done[done["arm"].isin(VARIANT_ARMS)]
         caption = P.caption_for(done, preset)
         if len(variants):
@@ -48,21 +49,36 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
                 written += P.fig_qualitative(samples, figures_dir)
         t2 = done[done["arm"].isin(P.TABLE2_ORDER)]
         if len(t2):
-            md, tex = P.table2(t2, caption)
+            md, tex = P.table2(t2, P.caption_for(t2, preset))
             for name, text in (("table2_ablation.md", md), ("table2_ablation.tex", tex)):
                 P.atomic_write_text(assets_dir / name, text)
                 written.append(assets_dir / name)
+        if len(latent):
+            md, tex = P.table_kd(latent, P.caption_kd(latent, preset))
+            for name, text in (("table2_kd.md", md), ("table2_kd.tex", tex)):
+                P.atomic_write_text(assets_dir / name, text)
+                written.append(assets_dir / name)
+            for metric in ("lpips", "kid"):
+                if latent[metric].notna().any():
+                    written += P.fig_kd_quality(latent, figures_dir, metric)
         if len(done):
             P.atomic_write_text(results_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"))
+    if kd_log is not None and len(kd_log):
+        written += P.fig_kd_weights(kd_log, figures_dir)
     if curves is not None and len(curves):
-        written += P.fig_training_curves(curves[curves["arm"].isin(VARIANT_ARMS)], figures_dir)
+        if runs is not None and "space" in runs:  # the pixel-space study's curves only
+            pixel_ids = set(P.split_runs(runs)[0]["run_id"])
+            curves = curves[curves["run_id"].isin(pixel_ids)]
+        curves = curves[curves["arm"].isin(VARIANT_ARMS)]
+        if len(curves):
+            written += P.fig_training_curves(curves, figures_dir)
     if profile is not None and len(profile) and (profile["kind"] == "block").any():
         written += P.fig_cost_vs_resolution(profile, figures_dir)
         slopes = P.scaling_table(profile)
         P.atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
         written.append(assets_dir / "scaling_slopes.md")
     # stable-named copies of the key figures for the paper
-    for stem in ("quality_vs_size_lpips", "cost_vs_resolution", "qualitative"):
+    for stem in ("quality_vs_size_lpips", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params", "kd_weights"):
         src = figures_dir / f"{stem}.pdf"
         if src.exists():
             dst = assets_dir / "fig" / f"{stem}.pdf"

@@ -4,7 +4,7 @@ A sweep file (``ablations/*.yaml``)::
 
     name: quality_vs_size
     notebook: notebooks/10_train_inpaint.ipynb
-    kind: train                  # train | profile | notebook
+    kind: train                  # train | distill | profile | notebook
     grid:                        # the Cartesian product of these lists (a list of such
                                  # mappings is the union of their products)
       arm: [vanilla, linear, local_lambda, lmi]
@@ -15,8 +15,8 @@ A sweep file (``ablations/*.yaml``)::
       smoke: {grid: {size: [tiny, small], seed: [0]}}
 
 Every grid point becomes the ``parameters`` of the notebook (plus ``preset`` and ``out_root``).
-Its run folder is named by the hash of its resolved config (``train``: the package's config hash,
-so the notebook and the runner agree), finished runs are skipped, an interrupted sweep resumes,
+Its run folder is named by the hash of its resolved config (``train`` / ``distill``: the package's
+config hash, so the notebook and the runner agree), finished runs are skipped, an interrupted sweep resumes,
 and a failed run leaves ``error.json`` (message + traceback tail) while the sweep goes on.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ import yaml
 from lambda_blocks.records import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("train", "profile", "notebook")
+KINDS = ("train", "distill", "profile", "notebook")
 SWEEP_KEYS = {"name", "notebook", "kind", "grid", "fixed", "presets", "description"}
 
 
@@ -108,6 +108,10 @@ def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path,
         from lambda_blocks.train import planned_run_dir
 
         run_dir = Path(planned_run_dir(preset=preset, out=out_root, **params))
+    elif sweep.kind == "distill":
+        from lambda_blocks.distill import planned_run_dir as planned_distill_dir
+
+        run_dir = Path(planned_distill_dir(preset=preset, out=out_root, **params))
     else:
         run_dir = out_root / f"{sweep.name}-{_hash({'preset': preset, **params})}"
     summary = run_dir / "summary.json"
@@ -126,7 +130,7 @@ def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Pa
 
     run_dir.mkdir(parents=True, exist_ok=True)
     nb_params = {"preset": preset, "out_root": str(out_root), **params}
-    if sweep.kind != "train":
+    if sweep.kind not in ("train", "distill"):
         nb_params["out_dir"] = str(run_dir)
     err_file = run_dir / "error.json"
     t0 = time.time()
@@ -143,7 +147,7 @@ def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Pa
         return rec
     if err_file.exists():
         err_file.unlink()
-    if sweep.kind != "train" and not (run_dir / "summary.json").exists():
+    if sweep.kind not in ("train", "distill") and not (run_dir / "summary.json").exists():
         write_json(run_dir / "summary.json", {"status": "done", "sweep": sweep.name, "params": nb_params,
                                               "elapsed_s": time.time() - t0})
     return {"status": "done", "elapsed_s": time.time() - t0}

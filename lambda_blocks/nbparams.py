@@ -85,6 +85,16 @@ SCHEMAS: dict[str, dict[str, tuple[type, object]]] = {
         "out_dir": (str, None),
         "out_root": (str, None),
     },
+    "40_distillation": {
+        "preset": (str, _one_of(PRESETS)),
+        "arm": (str, _one_of(_arms)),
+        "size": (str, _one_of(_sizes)),
+        "seed": (int, None),
+        "kd": (bool, None),
+        "weighting": (str, _one_of(("adaptive", "fixed"))),
+        "out_root": (str, None),
+        "overrides": (str, None),
+    },
     "30_quality_vs_size": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
     "90_paper_figures": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
 }

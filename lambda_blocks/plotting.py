@@ -292,6 +292,61 @@ def table2(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
             _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
             _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
         ])
+    return _md_tex(head, rows, caption, "tab:ablation")
+
+
+def is_true(col: pd.Series) -> pd.Series:
+    """A CSV boolean column (True / False / empty) as bool."""
+    return col.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+
+
+def split_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pixel-space runs without KD, latent-space runs): the quality-vs-size / Table 2 studies use the
+    first, the distillation study the second."""
+    space = (runs["space"].astype(object).where(runs["space"].notna(), "pixel") if "space" in runs
+             else pd.Series("pixel", index=runs.index))
+    kd = is_true(runs["kd"]) if "kd" in runs else pd.Series(False, index=runs.index)
+    return runs[(space == "pixel") & ~kd], runs[space == "latent"]
+
+
+def kd_label(row) -> str:
+    if not is_true(pd.Series([row.get("kd")])).iloc[0]:
+        return "no"
+    return f"yes ({row.get('kd_weighting')})"
+
+
+def table_kd(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
+    """The Table 2 shape with its KD half: latent-space arms without and with distillation, and the
+    teacher(s). Columns: role, arm, KD, LPIPS, KID, FID, PSNR, params, GMACs (the U-Net on the latent),
+    latency and peak memory (measured at the end of each run). Returns (markdown, latex)."""
+    runs = runs.copy()
+    runs["kd_col"] = [kd_label(r) for _, r in runs.iterrows()]
+    teachers = set(runs["teacher_run"].dropna()) if "teacher_run" in runs else set()
+    runs["role"] = ["teacher" if r["run_id"] in teachers else "student" for _, r in runs.iterrows()]
+    for c in ("latency_ms_inrun", "peak_mem_mb_inrun"):
+        if c not in runs:
+            runs[c] = np.nan
+    summ = seed_summary(runs.assign(latency_ms=runs["latency_ms_inrun"], peak_mem_mb=runs["peak_mem_mb_inrun"]),
+                        by=("role", "arm", "size", "kd_col"))
+    rank = {a: i for i, a in enumerate(TABLE2_ORDER + list(PALETTE))}
+    summ["_o"] = [(r["role"] != "teacher", rank.get(r["arm"], 99), r["size"], r["kd_col"]) for _, r in summ.iterrows()]
+    summ = summ.sort_values("_o").drop(columns="_o")
+    head = ["role", "arm", "size", "KD", "LPIPS ↓", "KID ↓", "FID ↓", "PSNR ↑", "params (M)", "GMACs", "latency ms",
+            "peak MB", "seeds"]
+    rows = []
+    for _, r in summ.iterrows():
+        rows.append([
+            r["role"], label(r["arm"]), str(r["size"]), r["kd_col"],
+            _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
+            _fmt(r.get("fid_mean"), r.get("fid_std"), 1), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
+            _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
+            _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
+            str(int(r["n_seeds"])),
+        ])
+    return _md_tex(head, rows, caption, "tab:ablation_kd")
+
+
+def _md_tex(head: list[str], rows: list[list[str]], caption: str, tex_label: str) -> tuple[str, str]:
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     md += "".join("| " + " | ".join(row) + " |\n" for row in rows)
     md += f"\n{caption}\n"
@@ -299,8 +354,66 @@ def table2(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
     tex = "\\begin{table}[t]\n\\centering\n\\small\n\\begin{tabular}{l" + "c" * (len(head) - 1) + "}\n\\toprule\n"
     tex += " & ".join(esc(h) for h in head) + " \\\\\n\\midrule\n"
     tex += "".join(" & ".join(esc(c) for c in row) + " \\\\\n" for row in rows)
-    tex += "\\bottomrule\n\\end{tabular}\n\\caption{" + esc(caption) + "}\n\\label{tab:ablation}\n\\end{table}\n"
+    tex += "\\bottomrule\n\\end{tabular}\n\\caption{" + esc(caption) + "}\n\\label{" + tex_label + "}\n\\end{table}\n"
     return md, tex
+
+
+def caption_kd(runs: pd.DataFrame, preset: str) -> str:
+    done = runs[runs["status"] == "done"] if "status" in runs else runs
+    n_img = int(done["n_eval_images"].max()) if len(done) else 0
+    res = int(done["image_size"].max()) if len(done) else 0
+    ws = int(done["work_size"].max()) if "work_size" in done and done["work_size"].notna().any() else 0
+    ae = done["ae_psnr"].dropna() if "ae_psnr" in done else pd.Series(dtype=float)
+    ae_txt = f"; autoencoder reconstruction PSNR {ae.iloc[0]:.2f} dB" if len(ae) else ""
+    hw = ", ".join(sorted(set(map(str, done.get("hardware", pd.Series(dtype=str)).dropna())))) or "unknown hardware"
+    return (f"Preset `{preset}`, latent space: {res}x{res} crops encoded to {ws}x{ws}x4 latents by the repo's "
+            f"autoencoder{ae_txt}; {n_img} test images with fixed masks, metrics on decoded images. KD: "
+            "task + output KD + feature KD + weight-free latent multi-scale loss (our substitute for E-LatentLPIPS), "
+            f"weights adaptive (gradient-norm ratios, MOEBIUS_SPEC 8) or fixed. GMACs: the U-Net on the latent. "
+            f"Latency / memory: batch-1 forward measured at the end of each run on {hw} (noisy, shared machine).")
+
+
+def fig_kd_quality(runs: pd.DataFrame, out_dir, metric: str = "lpips", name: str | None = None) -> list[Path]:
+    """Quality against parameters in latent space: teacher, each student arm without KD and with KD."""
+    import matplotlib.pyplot as plt
+
+    style()
+    runs = runs.copy()
+    runs["kd_col"] = [kd_label(r) for _, r in runs.iterrows()]
+    summ = seed_summary(runs, by=("arm", "size", "kd_col"))
+    fig, ax = plt.subplots(figsize=(3.6, 2.6))
+    markers = {"no": "o"}
+    for (kdc), grp in summ.groupby("kd_col", sort=True):
+        m = markers.get(kdc, "s" if "adaptive" in kdc else "^")
+        ax.errorbar(grp["params"], grp[f"{metric}_mean"], yerr=grp[f"{metric}_std"], ls="none", marker=m, ms=4,
+                    capsize=2, label=f"KD {kdc}")
+        for _, r in grp.iterrows():
+            ax.annotate(f"{r['arm']}/{r['size']}", (r["params"], r[f"{metric}_mean"]), fontsize=5,
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(METRICS.get(metric, (metric,))[0])
+    ax.legend(fontsize=6)
+    return save_figure(fig, out_dir, name or f"kd_{metric}_vs_params")
+
+
+def fig_kd_weights(kd_log: pd.DataFrame, out_dir, name: str = "kd_weights", smooth: int = 10) -> list[Path]:
+    """Adaptive weights and loss terms over the distillation steps, one line per run."""
+    import matplotlib.pyplot as plt
+
+    style()
+    cols = [("w_c", "w_C"), ("w_fkd", "w_FKD"), ("w_lp", "w_lp"), ("loss_task", "L_task")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.3 * len(cols), 2.2))
+    for ax, (c, lab) in zip(axes, cols):
+        for run_id, grp in kd_log.groupby("run_id", sort=True):
+            grp = grp.sort_values("step")
+            tag = str(grp["tag"].iloc[0])
+            ax.plot(grp["step"], grp[c].rolling(smooth, min_periods=1).mean(), lw=0.9, label=tag)
+        ax.set_yscale("log")
+        ax.set_title(lab, fontsize=8)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=5)
+    return save_figure(fig, out_dir, name)
 
 
 def quality_table(runs: pd.DataFrame, caption: str) -> str:

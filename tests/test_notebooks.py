@@ -10,7 +10,8 @@ from tests.test_ablations import fixture_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = {"00_lambda_walkthrough", "10_train_inpaint", "20_profile", "30_quality_vs_size", "90_paper_figures"}
+EXPECTED = {"00_lambda_walkthrough", "10_train_inpaint", "20_profile", "30_quality_vs_size", "40_distillation",
+            "90_paper_figures"}
 
 
 def test_all_notebooks_present():
@@ -57,6 +58,25 @@ def test_train_notebook_smoke(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps"] == 4 and summary["arm"] == "lmi"
     assert summary["psnr"] > 0 and (run_dir / "samples.png").exists() and (run_dir / "curves.png").exists()
+
+
+@pytest.mark.notebook
+def test_distillation_notebook_smoke(tmp_path):
+    """Autoencoder, teacher and KD student in one go, a few steps each."""
+    fast = {"train.steps": 3, "train.eval_every": 3, "train.ckpt_every": 3, "eval.n_eval": 2, "eval.ddim_steps": 2,
+            "eval.periodic_n": 2, "eval.n_grid": 2, "eval.fid": False, "data.n_train": 16,
+            "latent.ae_overrides": {"steps": 6, "n_train": 16, "n_test": 2, "ckpt_every": 0},
+            "kd.teacher_size": "tiny", "kd.teacher_overrides": {"train.steps": 3}}
+    nb = _run("40_distillation", tmp_path, preset="smoke", arm="moebius", size="tiny", seed=0, kd=True,
+              weighting="adaptive", out_root=str(tmp_path / "runs"), overrides=json.dumps(fast))
+    (run_dir,) = [p for p in (tmp_path / "runs").glob("moebius-latent-kd-*") if p.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["kd"] is True and summary["space"] == "latent"
+    assert (tmp_path / "runs" / summary["teacher_run"] / "summary.json").exists()
+    assert (run_dir / "kd_weights.png").exists()
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "w_c" in text and "teacher" in text.lower()
 
 
 @pytest.mark.notebook
