@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import records, runtime
-from .config import _canonical, _type_ok, _type_name, parse_value
+from .config import _canonical, _type_name, _type_ok, parse_sets
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
 __all__ = [
@@ -750,13 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run folder, do nothing")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.sets:
-        if "=" not in item:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = parse_value(v.strip())
     try:
+        overrides = parse_sets(args.sets)
         cfg = ae_config(args.preset, **overrides)
     except (KeyError, TypeError, ValueError) as exc:
         ap.error(str(exc.args[0]) if exc.args else str(exc))

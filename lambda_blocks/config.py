@@ -33,7 +33,7 @@ from .unet import ARMS, SIZES, UNetConfig, unet_config
 
 __all__ = [
     "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "LatentCfg", "KDCfg", "ExpCfg",
-    "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides",
+    "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides", "parse_sets",
 ]
 
 SCHEDULES = ("cosine", "linear", "scaled_linear")
@@ -561,6 +561,18 @@ def parse_value(text: str) -> Any:
         if low in ("none", "null"):
             return None
         return text
+
+
+def parse_sets(items) -> dict:
+    """CLI ``--set KEY=VALUE`` items -> an overrides dict (values as ``parse_value``; keys are checked
+    later by ``resolve``). ValueError names an item without ``=``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
 
 
 def parse_overrides(overrides: Mapping[str, Any] | str | None) -> dict:

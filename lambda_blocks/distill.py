@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import records
-from .config import ExpCfg, config_hash, parse_overrides, parse_value, resolve
+from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
 
 __all__ = ["DISTILL_PRESETS", "resolve_distill", "planned_run_dir", "run", "main"]
 
@@ -106,13 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run folders, do nothing")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.sets:
-        if "=" not in item:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = parse_value(v.strip())
     try:
+        overrides = parse_sets(args.sets)
         cfg = resolve_distill(args.preset, args.arm, args.size, args.seed, not args.no_kd, args.weighting, overrides)
     except (KeyError, TypeError, ValueError) as exc:
         ap.error(str(exc.args[0]) if exc.args else str(exc))

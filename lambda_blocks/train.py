@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from . import records, runtime
-from .config import ExpCfg, config_hash, parse_overrides, parse_value, resolve
+from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
 from .diffusion import Diffusion
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
@@ -737,13 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true", help="force the tqdm bar even when not a terminal")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and run folder, do nothing")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.sets:
-        if "=" not in item:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = parse_value(v.strip())
     try:
+        overrides = parse_sets(args.sets)
         cfg = resolve(args.preset, arm=args.arm, size=args.size, seed=args.seed, overrides=overrides)
     except (KeyError, TypeError, ValueError) as exc:
         ap.error(str(exc.args[0]) if exc.args else str(exc))
