@@ -485,12 +485,7 @@ def train_autoencoder(cfg: AECfg, out_dir: str | Path, *, progress: bool | None 
 def _train(cfg: AECfg, paths: records.RunPaths, device: torch.device, flags: dict, progress: bool | None,
            stop_after: int | None) -> Path:
     chash = ae_hash(cfg)
-    paths.dir.mkdir(parents=True, exist_ok=True)
-    old = records.read_json(paths.config)
-    if old is not None and old.get("config_hash") != chash:
-        raise RuntimeError(f"{paths.config} holds config_hash {old.get('config_hash')}, not {chash}")
-    if old is None:
-        records.write_json(paths.config, {**cfg.to_dict(), "config_hash": chash})
+    records.claim_config(paths, cfg.to_dict(), chash)
 
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left untouched
         torch.manual_seed(key_seed("ae-init", cfg.seed))

@@ -36,7 +36,7 @@ import torch
 __all__ = [
     "SUMMARY_KEYS", "RunPaths", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
     "append_jsonl", "read_jsonl", "truncate_jsonl", "save_checkpoint", "load_checkpoint", "is_done",
-    "to_uint8", "write_samples", "run_lock",
+    "to_uint8", "write_samples", "run_lock", "claim_config",
 ]
 
 SUMMARY_KEYS = (
@@ -64,6 +64,17 @@ class RunPaths:
 
     def eval_file(self, key: str) -> Path:
         return self.dir / f"eval-{key}.json"
+
+
+def claim_config(paths: "RunPaths", config: dict, chash: str) -> None:
+    """Create the run folder and write ``config.json`` (config + ``config_hash``), or check that the
+    one already there has the same hash (RuntimeError otherwise: the folder belongs to another run)."""
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    old = read_json(paths.config)
+    if old is not None and old.get("config_hash") != chash:
+        raise RuntimeError(f"{paths.config} holds config_hash {old.get('config_hash')}, not {chash}")
+    if old is None:
+        write_json(paths.config, {**config, "config_hash": chash})
 
 
 @contextlib.contextmanager

@@ -456,12 +456,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
     chash = config_hash(cfg)
     cache_dir = paths.dir.parent / ".cache"
     if dist.is_main:
-        paths.dir.mkdir(parents=True, exist_ok=True)
-        old = records.read_json(paths.config)
-        if old is not None and old.get("config_hash") != chash:
-            raise RuntimeError(f"{paths.config} holds config_hash {old.get('config_hash')}, not {chash}")
-        if old is None:
-            records.write_json(paths.config, {**cfg.to_dict(), "config_hash": chash})
+        records.claim_config(paths, cfg.to_dict(), chash)
         if paths.error.exists():
             paths.error.unlink()
     dist.barrier()
