@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lambda_blocks import plotting as P
@@ -61,6 +62,21 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             for metric in ("lpips", "kid"):
                 if latent[metric].notna().any():
                     written += P.fig_kd_quality(latent, figures_dir, metric)
+            # fills of the teacher and of every student with / without KD (lowest seed), same images
+            seed = int(latent["seed"].min())
+            tiles = {}
+            for _, r in latent[latent["seed"] == seed].sort_values(["kd", "tag"], key=lambda c: c.astype(str)).iterrows():
+                path = results_dir / "samples" / f"{r['tag']}-{r['size']}-s{seed}.npz"
+                if path.exists():
+                    with np.load(path) as z:
+                        short = r["tag"].replace("-latent", "").replace("-kdfixed", "+KD fixed").replace("-kd", "+KD")
+                        if r["run_id"] in set(latent["teacher_run"].dropna()):
+                            short = "teacher"
+                        elif "+KD" not in short:
+                            short += " no KD"
+                        tiles[short] = {k: z[k] for k in ("masked", "fill", "target")}
+            if tiles:
+                written += P.fig_qualitative(tiles, figures_dir, name="qualitative_kd")
         if len(done):
             P.atomic_write_text(results_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"))
     if kd_log is not None and len(kd_log):
@@ -78,7 +94,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         P.atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
         written.append(assets_dir / "scaling_slopes.md")
     # stable-named copies of the key figures for the paper
-    for stem in ("quality_vs_size_lpips", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params", "kd_weights"):
+    for stem in ("quality_vs_size_lpips", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params", "kd_weights", "qualitative_kd"):
         src = figures_dir / f"{stem}.pdf"
         if src.exists():
             dst = assets_dir / "fig" / f"{stem}.pdf"

@@ -397,6 +397,9 @@ def fig_kd_quality(runs: pd.DataFrame, out_dir, metric: str = "lpips", name: str
             ax.annotate(f"{r['arm']}/{r['size']}", (r["params"], r[f"{metric}_mean"]), fontsize=5,
                         xytext=(2, 2), textcoords="offset points")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the 2x10^6 ... minor labels overlap
     ax.set_xlabel("parameters")
     ax.set_ylabel(METRICS.get(metric, (metric,))[0])
     ax.legend(fontsize=6)
@@ -413,7 +416,7 @@ def fig_kd_weights(kd_log: pd.DataFrame, out_dir, name: str = "kd_weights", smoo
     for ax, (c, lab) in zip(axes, cols):
         for run_id, grp in kd_log.groupby("run_id", sort=True):
             grp = grp.sort_values("step")
-            tag = str(grp["tag"].iloc[0])
+            tag = str(grp["tag"].iloc[0]) + (f" s{grp['seed'].iloc[0]}" if "seed" in grp else "")
             ax.plot(grp["step"], grp[c].rolling(smooth, min_periods=1).mean(), lw=0.9, label=tag)
         ax.set_yscale("log")
         ax.set_title(lab, fontsize=8)
