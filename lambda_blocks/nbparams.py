@@ -82,6 +82,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, object]]] = {
         "unet_sizes": (str, _csv_of(_sizes)),
         "unet_image_size": (int, None),
         "width": (int, None),
+        "threads": (int, None),
         "out_dir": (str, None),
         "out_root": (str, None),
     },

@@ -31,7 +31,7 @@ def test_missing_parameter_and_csv_lists():
     with pytest.raises(NameError, match="missing"):
         validate_notebook("10_train_inpaint", {k: v for k, v in GOOD.items() if k != "seed"})
     prof = dict(preset="smoke", mode="block", variants="vanilla, lmi", arms="lmi", sizes="16,32", unet_sizes="tiny",
-                unet_image_size=32, width=64, out_dir="x", out_root="y")
+                unet_image_size=32, width=64, threads=1, out_dir="x", out_root="y")
     assert validate_notebook("20_profile", prof)["sizes"] == [16, 32]
     with pytest.raises(ValueError, match="flash"):
         validate_notebook("20_profile", {**prof, "variants": "vanilla,flash"})
