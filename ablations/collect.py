@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lambda_blocks.config import run_tag
 from lambda_blocks.plotting import atomic_write_text
 
 RUN_COLUMNS = [
@@ -71,10 +72,8 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
         row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")
         if row["kd"]:
             row["kd_weighting"], row["kd_perceptual"] = kdc.get("weighting"), kdc.get("perceptual")
-        row["tag"] = row["arm"] if row["arm"] is not None else None
-        if row["tag"] is not None:
-            row["tag"] += "-latent" if row["space"] == "latent" else ""
-            row["tag"] += ("-kd" if row["kd_weighting"] == "adaptive" else f"-kd{row['kd_weighting']}") if row["kd"] else ""
+        if row["arm"] is not None:
+            row["tag"] = run_tag(row["arm"], row["space"], bool(row["kd"]), row["kd_weighting"] or "adaptive")
         if summary.get("status") == "done":
             row["status"] = "done"
         elif error:

@@ -69,11 +69,12 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
                 path = results_dir / "samples" / f"{r['tag']}-{r['size']}-s{seed}.npz"
                 if path.exists():
                     with np.load(path) as z:
-                        short = r["tag"].replace("-latent", "").replace("-kdfixed", "+KD fixed").replace("-kd", "+KD")
                         if r["run_id"] in set(latent["teacher_run"].dropna()):
                             short = "teacher"
-                        elif "+KD" not in short:
-                            short += " no KD"
+                        elif P.is_true(pd.Series([r["kd"]])).iloc[0]:
+                            short = f"{r['arm']}+KD" + ("" if r["kd_weighting"] == "adaptive" else f" {r['kd_weighting']}")
+                        else:
+                            short = f"{r['arm']} no KD"
                         tiles[short] = {k: z[k] for k in ("masked", "fill", "target")}
             if tiles:
                 written += P.fig_qualitative(tiles, figures_dir, name="qualitative_kd")

@@ -33,7 +33,7 @@ from .unet import ARMS, SIZES, UNetConfig, unet_config
 
 __all__ = [
     "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "LatentCfg", "KDCfg", "ExpCfg",
-    "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides", "parse_sets",
+    "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides", "parse_sets", "run_tag",
 ]
 
 SCHEDULES = ("cosine", "linear", "scaled_linear")
@@ -185,6 +185,15 @@ SECTIONS: dict[str, type] = {
 _HASH_OPTIONAL = ("latent", "kd")
 
 
+def run_tag(arm: str, space: str = "pixel", kd: bool = False, weighting: str = "adaptive") -> str:
+    """``arm`` plus ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled: the
+    prefix of run folder names and the key of the collected sample files."""
+    t = arm + ("-latent" if space == "latent" else "")
+    if kd:
+        t += "-kd" if weighting == "adaptive" else f"-kd{weighting}"
+    return t
+
+
 @dataclass(frozen=True)
 class ExpCfg:
     preset: str
@@ -247,11 +256,7 @@ class ExpCfg:
 
     @property
     def tag(self) -> str:
-        """``arm`` plus ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled."""
-        t = self.arm + ("-latent" if self.latent.space == "latent" else "")
-        if self.kd.enabled:
-            t += "-kd" if self.kd.weighting == "adaptive" else f"-kd{self.kd.weighting}"
-        return t
+        return run_tag(self.arm, self.latent.space, self.kd.enabled, self.kd.weighting)
 
     @property
     def run_name(self) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from . import records
 from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
+from .train import run  # a distillation run is a training run whose config carries latent + kd
 
 __all__ = ["DISTILL_PRESETS", "resolve_distill", "planned_run_dir", "run", "main"]
 
@@ -80,13 +81,6 @@ def planned_run_dir(preset: str = "smoke", out: str | Path = "runs", arm: str = 
                     overrides: Mapping[str, Any] | str | None = None) -> Path:
     """The run folder ``run`` would use (validates the config; does no work)."""
     return Path(out) / resolve_distill(preset, arm, size, seed, kd, weighting, overrides).run_name
-
-
-def run(cfg: ExpCfg, out_dir: str | Path, **kw: Any) -> Path:
-    """``train.run`` (the config carries the latent space and the KD settings)."""
-    from .train import run as train_run
-
-    return train_run(cfg, out_dir, **kw)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

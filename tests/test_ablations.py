@@ -157,3 +157,14 @@ def test_collect_schema(tmp_path):
     assert runs.loc[runs["arm"] == "vanilla", "error"].item() == "boom"
     curves = pd.read_csv(tmp_path / "res" / "curves.csv")
     assert list(curves.columns) == CURVE_COLUMNS and curves["loss"].tolist() == [0.5, 0.4]
+
+
+def test_readme_tables_are_the_generated_ones():
+    """The README quotes the committed dev tables; they must be the files `make figures` writes."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md"):
+        rows = [ln for ln in (root / "paper_assets" / "dev" / name).read_text().splitlines() if ln.startswith("|")]
+        assert rows, name
+        missing = [ln for ln in rows if ln not in readme.splitlines()]
+        assert not missing, f"README is out of date with paper_assets/dev/{name}: {missing[:2]}"

@@ -134,6 +134,16 @@ def test_no_kd_student_is_the_same_network_in_latent_space(study):
     assert not [r for r in records.read_jsonl(plain / "metrics.jsonl") if r["kind"] == "kd"]
 
 
+def test_latent_run_reevaluates_in_latent_space(study):
+    """python -m lambda_blocks.evaluate on a latent-space run samples latents and decodes them."""
+    from lambda_blocks.evaluate import evaluate_run
+
+    root, _, plain = study
+    res, path = evaluate_run(plain, n=2, steps=2)
+    assert path.exists() and res["n"] == 2 and res["n_eval_images"] == 2
+    assert res["image_size"] == 32 and math.isfinite(res["psnr"])  # metrics on decoded 32 px images
+
+
 def _copy_shared(src_root: Path, dst_root: Path, student: Path) -> None:
     s = records.read_json(student / "summary.json")
     dst_root.mkdir(parents=True, exist_ok=True)
