@@ -1,4 +1,4 @@
-"""DDPM training loss and a DDIM sampler for masked inpainting (epsilon prediction, pixel space).
+"""DDPM training loss and a DDIM sampler for masked inpainting (eps, v or x0 prediction).
 
 Conventions: images in [-1, 1], shape (B, C, H, W); masks (B, 1, H, W) with 1 = hole. The network
 input is ``cat(x_t, masked, mask)`` with ``masked = x0 * (1 - mask)`` (holes at 0, mid-grey), the
@@ -32,6 +32,22 @@ DDIM sampling (Song et al. 2021, eta = 0 by default) over a subset of timesteps:
 
 After the last step the clean estimate is returned (alpha_bar_prev = 1 at the end).
 
+Prediction targets (``Diffusion(prediction=...)``). With x_t = sqrt(abar) x0 + sqrt(1 - abar) eps:
+
+* ``eps`` (the paper's; DDPM): the network predicts the noise. The clean estimate
+  x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies its error by 1 / sqrt(abar): large at the
+  noisy end of sampling, where a [-1, 1] clamp then turns the error into saturated colour.
+* ``v`` (Salimans & Ho 2022): v = sqrt(abar) eps - sqrt(1 - abar) x0. Then
+  x0 = sqrt(abar) x_t - sqrt(1 - abar) v and eps = sqrt(1 - abar) x_t + sqrt(abar) v: both are
+  rotations of (x_t, v), so no error is amplified anywhere, and at abar = 0 (t = T - 1 of the cosine
+  schedule, the ``trailing`` start) the prediction is x0 itself.
+* ``x0``: the network predicts the clean sample; eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar).
+
+Loss weighting (``loss_weighting``): ``none`` is the plain MSE on the target. ``min_snr``
+(Min-SNR-gamma, Hang et al. 2023) weights each sample so that the loss equals
+min(SNR, gamma) * ||x0_hat - x0||^2 with SNR = abar / (1 - abar): per target, the weight on the
+target's MSE is min(SNR, gamma) / SNR (eps), min(SNR, gamma) / (SNR + 1) (v), min(SNR, gamma) (x0).
+
 Start of sampling. By default the sampler starts from **pure noise** and never receives the
 hidden content: ``ddim_sample`` takes the masked image, not the ground truth. The paper's pipeline
 instead starts from a partially noised copy of the *unmasked* input (strength 0.99 -> x_900 with
@@ -52,11 +68,14 @@ import torch
 
 from .seeding import randn_like_per_sample, randn_per_sample
 
-__all__ = ["Diffusion", "make_betas", "ddim_timesteps", "LEAK_INIT", "GroundTruthLeakWarning"]
+__all__ = ["Diffusion", "make_betas", "ddim_timesteps", "LEAK_INIT", "GroundTruthLeakWarning", "SCHEDULES",
+           "SPACINGS", "PREDICTIONS", "LOSS_WEIGHTINGS"]
 
 LEAK_INIT = "noised_input_LEAKS_GT"
 SCHEDULES = ("cosine", "linear", "scaled_linear")
 SPACINGS = ("trailing", "leading")
+PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 class GroundTruthLeakWarning(UserWarning):
@@ -101,7 +120,7 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Diffusion:
-    """Noise schedule, epsilon-prediction loss and DDIM sampler.
+    """Noise schedule, training loss and DDIM sampler for one prediction target.
 
     Args:
         schedule: ``cosine`` | ``linear`` | ``scaled_linear``.
@@ -109,20 +128,31 @@ class Diffusion:
         beta_start, beta_end: for the linear schedules.
         t_sampling: training timesteps ``uniform`` on {0..T-1}, or ``logit_normal``
             (t = floor(T * sigmoid(z)), z ~ N(0, 1), as the paper).
+        prediction: what the network outputs: ``eps`` (the paper's), ``v`` or ``x0`` (module docstring).
+        loss_weighting: ``none`` or ``min_snr`` (Min-SNR-gamma with ``min_snr_gamma``).
     """
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 1000, beta_start: float = 1e-4,
-                 beta_end: float = 0.02, t_sampling: str = "uniform"):
+                 beta_end: float = 0.02, t_sampling: str = "uniform", prediction: str = "eps",
+                 loss_weighting: str = "none", min_snr_gamma: float = 5.0):
         if t_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"unknown t_sampling {t_sampling!r}; choose uniform or logit_normal")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}")
+        if not (math.isfinite(min_snr_gamma) and min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be a finite number > 0, got {min_snr_gamma}")
         self.schedule, self.timesteps, self.t_sampling = schedule, int(timesteps), t_sampling
+        self.prediction, self.loss_weighting, self.min_snr_gamma = prediction, loss_weighting, float(min_snr_gamma)
         self.betas = make_betas(schedule, self.timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) float64
 
     @classmethod
     def from_cfg(cls, d) -> "Diffusion":
         """From a ``config.DiffusionCfg``."""
-        return cls(d.schedule, d.timesteps, d.beta_start, d.beta_end, d.t_sampling)
+        return cls(d.schedule, d.timesteps, d.beta_start, d.beta_end, d.t_sampling, d.prediction,
+                   d.loss_weighting, d.min_snr_gamma)
 
     # -- forward process ------------------------------------------------------------------------
 
@@ -147,6 +177,54 @@ class Diffusion:
         a = self.abar(t, x_t)
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
+    def predict_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0."""
+        a = self.abar(t, x0)
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output: the noise, v, or x0."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "v":
+            return self.predict_v(x0, t, noise)
+        return x0
+
+    def split_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) implied by the network output ``out`` at (x_t, t)."""
+        a = self.abar(t, x_t)
+        if self.prediction == "eps":
+            return (x_t - (1 - a).sqrt() * out) / a.sqrt(), out
+        if self.prediction == "v":
+            return a.sqrt() * x_t - (1 - a).sqrt() * out, (1 - a).sqrt() * x_t + a.sqrt() * out
+        return out, (x_t - a.sqrt() * out) / (1 - a).sqrt()
+
+    def x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The clean estimate implied by a network output (``predict_x0`` for eps prediction)."""
+        return self.split_output(x_t, t, out)[0]
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """SNR(t) = abar_t / (1 - abar_t), float64 (B,)."""
+        a = self.alphas_cumprod[torch.as_tensor(t, device="cpu").long().reshape(-1)]
+        return a / (1 - a)
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight on the target's MSE (B,), float64; all ones for ``loss_weighting="none"``.
+
+        Min-SNR-gamma: min(SNR, gamma) / SNR (eps), min(SNR, gamma) / (SNR + 1) (v), min(SNR, gamma) (x0),
+        i.e. the loss is min(SNR, gamma) * ||x0_hat - x0||^2 whatever the target.
+        """
+        t = torch.as_tensor(t, device="cpu").long().reshape(-1)
+        if self.loss_weighting == "none":
+            return torch.ones(t.shape, dtype=torch.float64)
+        snr = self.snr(t)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "eps":
+            return clipped / snr
+        if self.prediction == "v":
+            return clipped / (snr + 1)
+        return clipped
+
     @staticmethod
     def model_input(x_t: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, 2C+1, H, W) = cat(x_t, masked, mask)."""
@@ -166,17 +244,21 @@ class Diffusion:
 
     def training_loss(self, model: Callable, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                       noise: torch.Tensor, reduction: str = "mean", masked: torch.Tensor | None = None) -> torch.Tensor:
-        """MSE between the predicted and the true noise on input cat(x_t, masked, mask).
+        """Weighted MSE between the network output and its target (``target``) on input
+        cat(x_t, masked, mask); the weight per sample is ``loss_weights(t)`` (1 unless Min-SNR).
 
         ``masked`` defaults to ``x0 * (1 - mask)`` (pixel space); in latent space it is the latent of
         the masked image, which is not the masked latent. ``reduction="none"`` returns the per-sample
-        mean (B,).
+        weighted mean (B,).
         """
         x_t = self.q_sample(x0, t, noise)
         if masked is None:
             masked = x0 * (1 - mask)
-        eps = model(self.model_input(x_t, masked, mask), t)
-        err = (eps.float() - noise.float()).square().flatten(1).mean(1)
+        out = model(self.model_input(x_t, masked, mask), t)
+        target = self.target(x0, t, noise)
+        err = (out.float() - target.float()).square().flatten(1).mean(1)
+        if self.loss_weighting != "none":
+            err = err * self.loss_weights(t).to(device=err.device, dtype=err.dtype)
         return err.mean() if reduction == "mean" else err
 
     # -- sampling -------------------------------------------------------------------------------
@@ -202,7 +284,7 @@ class Diffusion:
         """Inpaint: DDIM from pure noise (default) conditioned on the masked image.
 
         Args:
-            model: eps = model(cat(x_t, masked, mask), t).
+            model: out = model(cat(x_t, masked, mask), t), read as ``self.prediction``.
             masked: (B, C, H, W) known pixels, holes zero (``x0 * (1 - mask)``).
             mask: (B, 1, H, W), 1 = hole.
             generators: one per sample (``seeding.sample_generators``); used for the start noise
@@ -251,9 +333,9 @@ class Diffusion:
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((b,), t, device=masked.device, dtype=torch.long)
-            eps = model(self.model_input(x, masked, mask), tt).to(x.dtype)
+            out = model(self.model_input(x, masked, mask), tt).to(x.dtype)
             a_t, a_prev = self.abar(t, x), self.abar(t_prev, x)
-            x0_hat = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x0_hat, eps = self.split_output(x, tt, out)
             if clip_x0:
                 x0_hat = x0_hat.clamp(-1.0, 1.0)
                 eps = (x - a_t.sqrt() * x0_hat) / (1 - a_t).sqrt()
@@ -269,7 +351,7 @@ class Diffusion:
     def validation_loss(self, model: Callable, x0: torch.Tensor, mask: torch.Tensor,
                         gens: Sequence[torch.Generator], n_t: int = 4,
                         masked: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample eps-MSE averaged over ``n_t`` evenly spaced timesteps with keyed noise (B,)."""
+        """Per-sample training loss (weighted as in training) averaged over ``n_t`` evenly spaced timesteps with keyed noise (B,)."""
         ts = [int((k + 0.5) * self.timesteps / n_t) for k in range(n_t)]
         total = torch.zeros(x0.shape[0], dtype=torch.float64)
         for t in ts:

@@ -34,7 +34,8 @@ from .config import ExpCfg, config_hash
 from .diffusion import LEAK_INIT, Diffusion
 from .seeding import randn_per_sample, sample_generators
 
-__all__ = ["EvalSet", "load_eval_set", "sample_fills", "fid_from_features", "evaluate_model", "evaluate_run", "main"]
+__all__ = ["EvalSet", "load_eval_set", "sample_fills", "fid_from_features", "score_fills", "write_per_image",
+           "PER_IMAGE_COLUMNS", "evaluate_model", "evaluate_run", "main"]
 
 
 class EvalSet:
@@ -163,16 +164,22 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return max(float(val), 0.0)
 
 
-def evaluate_model(model, diffusion: Diffusion, es: EvalSet, device, *, steps: int, spacing: str = "leading",
-                   init: str = "noise", strength: float = 1.0, batch_size: int = 32, lpips: bool = True,
-                   fid: bool = True, cache_dir: Path | None = None, space=None) -> tuple[dict, torch.Tensor]:
-    """Sample every test problem and compute the metrics on the (decoded) images.
-    ``space``: see ``sample_fills``. Returns (metrics dict, fills)."""
+PER_IMAGE_COLUMNS = ("id", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "smoothness_gap",
+                     "hole_ratio")
+
+
+def score_fills(fills: torch.Tensor, es: EvalSet, *, lpips: bool = True, fid: bool = True,
+                cache_dir: Path | None = None) -> tuple[dict, dict[str, list]]:
+    """Score composited fills of ``es`` (any source: a model, a classical fill) with every metric.
+
+    Returns ``(summary, per_image)``: the summary holds the mean and std of every per-image metric,
+    FID / KID over the set and the image counts; ``per_image`` maps ``PER_IMAGE_COLUMNS`` to lists
+    (one entry per test problem, in ``es`` order), the input of the paired comparisons.
+    """
     from . import metrics as M
 
-    t0 = time.time()
-    fills = sample_fills(model, diffusion, es, device, steps, spacing, init, strength, batch_size, space=space)
-    t_sample = time.time() - t0
+    if fills.shape != es.images.shape:
+        raise ValueError(f"fills {tuple(fills.shape)} do not match the evaluation images {tuple(es.images.shape)}")
     size = es.images.shape[-1]
     lp_model, lp_source = None, "disabled"
     if lpips:
@@ -200,8 +207,39 @@ def evaluate_model(model, diffusion: Diffusion, es: EvalSet, device, *, steps: i
             k = M.kid(fake, real, n_subsets=100, subset_size=sub, seed=0)
             out.update(fid=fid_from_features(fake, real), kid=k.mean, kid_std=k.std, kid_subset_size=k.subset_size,
                        n_fid_images=len(fake))
-    out.update(n_eval_images=len(es), image_size=size, sample_time_s=t_sample, eval_time_s=time.time() - t0)
-    return out, fills
+    out.update(n_eval_images=len(es), image_size=size)
+    per_image = {"id": list(es.ids), **{k: per[k] for k in PER_IMAGE_COLUMNS if k != "id"}}
+    return out, per_image
+
+
+def write_per_image(path: Path, per_image: dict[str, list]) -> None:
+    """``per_image.csv`` of a run folder (atomic)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PER_IMAGE_COLUMNS)
+    for i in range(len(per_image["id"])):
+        w.writerow([per_image["id"][i]] + [
+            "" if (v := per_image[k][i]) is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.8g}"
+            for k in PER_IMAGE_COLUMNS[1:]])
+    records.atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_model(model, diffusion: Diffusion, es: EvalSet, device, *, steps: int, spacing: str = "leading",
+                   init: str = "noise", strength: float = 1.0, batch_size: int = 32, lpips: bool = True,
+                   fid: bool = True, cache_dir: Path | None = None, space=None,
+                   return_per_image: bool = False):
+    """Sample every test problem and compute the metrics on the (decoded) images (``score_fills``).
+    ``space``: see ``sample_fills``. Returns (metrics dict, fills), plus the per-image metrics when
+    ``return_per_image``."""
+    t0 = time.time()
+    fills = sample_fills(model, diffusion, es, device, steps, spacing, init, strength, batch_size, space=space)
+    t_sample = time.time() - t0
+    out, per = score_fills(fills, es, lpips=lpips, fid=fid, cache_dir=cache_dir)
+    out.update(sample_time_s=t_sample, eval_time_s=time.time() - t0)
+    return (out, fills, per) if return_per_image else (out, fills)
 
 
 # ---------------------------------------------------------------------------------------------

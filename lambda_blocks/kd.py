@@ -455,7 +455,8 @@ def kd_objective(*, eps_s: torch.Tensor, eps_t: torch.Tensor | None, noise: torc
     Args:
         eps_s: student noise prediction (in the graph). eps_t: the teacher's (detached here);
             may be None when ``use_output=False``.
-        noise: the true noise. x_t, t: the noisy sample and timesteps the networks saw.
+        noise: the true target of the network output (the noise for eps prediction; v or x0 for
+            the other targets, ``Diffusion.target``). x_t, t: the noisy sample and timesteps.
         feat_s: the student's bottleneck feature ALREADY projected to the teacher's shape;
             feat_t: the teacher's feature (detached here). Both may be None when ``use_feature=False``.
         diffusion: a `Diffusion` (for ``predict_x0``).
@@ -500,8 +501,9 @@ def kd_objective(*, eps_s: torch.Tensor, eps_t: torch.Tensor | None, noise: torc
     elif feat_s is not None and feat_t is not None and feat_s.shape == feat_t.shape:
         logged["ckd"] = float(_mse(feat_s.detach(), feat_t.detach()))
     if use_lp:
-        x0_s = diffusion.predict_x0(x_t, t, eps_s)
-        x0_gt = diffusion.predict_x0(x_t, t, noise).detach()
+        to_x0 = getattr(diffusion, "x0_from_output", None) or diffusion.predict_x0  # eps / v / x0 outputs
+        x0_s = to_x0(x_t, t, eps_s)
+        x0_gt = to_x0(x_t, t, noise).detach()
         terms["lp"] = latent_perceptual(x0_s, x0_gt, perceptual, decoder=decoder, lpips_model=lpips_model)
 
     # Gradient norms: one autograd.grad call per active loss, both anchors at once.

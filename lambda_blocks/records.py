@@ -61,6 +61,7 @@ class RunPaths:
         self.samples_png = self.dir / "samples.png"
         self.samples_npz = self.dir / "samples.npz"
         self.error = self.dir / "error.json"
+        self.per_image = self.dir / "per_image.csv"
 
     def eval_file(self, key: str) -> Path:
         return self.dir / f"eval-{key}.json"

@@ -351,7 +351,7 @@ class _Distiller:
         feat_s = self.projector(self.tap_s.value)
         kc = self.kcfg
         return self.K.kd_objective(
-            eps_s=eps_s, eps_t=eps_t, noise=noise, feat_s=feat_s, feat_t=feat_t, x_t=x_t, t=t,
+            eps_s=eps_s, eps_t=eps_t, noise=diffusion.target(x0, t, noise), feat_s=feat_s, feat_t=feat_t, x_t=x_t, t=t,
             diffusion=diffusion, theta_o=self.theta_o[1], theta_f=self.theta_f[1], weighting=kc.weighting,
             perceptual=kc.perceptual, weights=self.weights, fixed=self.fixed, use_feature=kc.feature,
             use_output=kc.output, decoder=self.decoder, lpips_model=self.lpips_model)
@@ -442,7 +442,7 @@ def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_
 
 def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device, flags: dict,
          progress: bool | None, stop_after: int | None, loss_hook) -> Path:
-    from .evaluate import evaluate_model, load_eval_set, sample_fills
+    from .evaluate import evaluate_model, load_eval_set, sample_fills, score_fills, write_per_image
     from .unet import InpaintUNet
 
     tr, ev, da = cfg.train, cfg.eval, cfg.data
@@ -569,6 +569,9 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         if min(es.images.shape[-2:]) >= 11:
             row["ssim"] = float(ssim(fills.clamp(-1, 1), es.images).mean())
             row["ssim_hole"] = float(ssim(fills.clamp(-1, 1), es.images, es.masks).nanmean())
+        if ev.periodic_full:  # the convergence curve: the final evaluation's metrics on the periodic set
+            full, _ = score_fills(fills, es, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir)
+            row.update({k: full[k] for k in ("lpips", "lpips_hole", "fid", "kid", "kid_std", "n_fid_images")})
         records.append_jsonl(paths.metrics, row)
 
     # training loop
@@ -668,9 +671,11 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
     # final evaluation (rank 0)
     if dist.is_main:
         es = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed)
-        res, fills = evaluate_model(ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing,
-                                    init=ev.init, strength=ev.strength, batch_size=ev.batch_size,
-                                    lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir, space=space)
+        res, fills, per_image = evaluate_model(
+            ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing, init=ev.init,
+            strength=ev.strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir,
+            space=space, return_per_image=True)
+        write_per_image(paths.per_image, per_image)
         g = list(range(min(ev.n_grid, len(es))))
         if g:
             records.write_samples(paths, es.masked[g], fills[g], es.images[g], es.masks[g], [es.ids[i] for i in g])
@@ -685,6 +690,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             "train_time_s": train_time, "images_per_s": ips,
             "final_loss": train_rows[-1]["loss"] if train_rows else last_loss,
             "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
+            "prediction": cfg.diffusion.prediction, "loss_weighting": cfg.diffusion.loss_weighting,
             "eval_mask_kind": ev.mask_kind, "world_size": dist.world, "device": device.type,
             "space": cfg.latent.space, "work_size": cfg.work_size, "kd": cfg.kd.enabled,
             "kd_weighting": cfg.kd.weighting if cfg.kd.enabled else None,

@@ -119,6 +119,34 @@ ARMS: dict[str, dict] = {
     "moebius": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
 }
 
+def _aliases() -> dict[str, str]:
+    """Arm -> canonical arm: arms that build the same network share the first-declared name
+    (``baseline`` -> ``linear``, ``swap_self`` -> ``local_lambda``, ``swap_cross`` ->
+    ``interactive_lambda``, ``moebius`` -> ``lmi``), so one architecture is trained once."""
+    first: dict[tuple, str] = {}
+    out = {}
+    for name, spec in ARMS.items():
+        key = tuple(sorted(spec.items()))
+        out[name] = first.setdefault(key, name)
+    return out
+
+
+ARM_ALIASES: dict[str, str] = _aliases()
+
+
+def canonical_arm(arm: str) -> str:
+    """The canonical name of an arm (itself unless it builds the same network as an earlier arm)."""
+    if arm not in ARMS:
+        raise KeyError(f"unknown arm {arm!r}; known arms: {', '.join(ARMS)}")
+    return ARM_ALIASES[arm]
+
+
+def arm_names(arm: str) -> list[str]:
+    """Every name of the network of ``arm`` (canonical first)."""
+    c = canonical_arm(arm)
+    return [c] + [a for a, ca in ARM_ALIASES.items() if ca == c and a != c]
+
+
 # Size presets: several points per variant on the quality-versus-size curves.
 SIZES: dict[str, dict] = {
     "tiny": dict(widths=(32, 64), res_blocks=1, context_dim=64),
