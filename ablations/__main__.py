@@ -9,7 +9,7 @@ from pathlib import Path
 from .runner import ROOT, run_sweep
 
 PRESETS = ("smoke", "dev", "paper")
-STUDY_SWEEPS = ("quality_vs_size.yaml", "resolution.yaml", "table2.yaml", "distill.yaml")
+STUDY_SWEEPS = ("floor.yaml", "quality_vs_size.yaml", "resolution.yaml", "table2.yaml", "distill.yaml")
 FIGURE_NOTEBOOKS = ("notebooks/30_quality_vs_size.ipynb", "notebooks/90_paper_figures.ipynb")
 
 

@@ -4,10 +4,15 @@
 * ``curves.csv``: the training loss of every run per logged step.
 * ``profile.csv``: every profiling row of the profile runs (deduplicated, newest wins).
 * ``kd_log.csv``: every distillation step's loss terms and adaptive weights (``kind: kd`` rows).
-* ``samples/<tag>-<size>-s<seed>.npz``: the fixed test fills of each run (a few small images);
-  ``tag`` is the arm, plus ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled.
+* ``evals.csv``: every periodic evaluation (``kind: eval`` rows: validation loss, PSNR / SSIM and,
+  with ``eval.periodic_full``, LPIPS / FID / KID on the whole evaluation set): the convergence curves.
+* ``per_image.csv``: the final metrics of every finished run per test problem (the input of the
+  paired comparisons); the classical floor (``floor-*`` folders, ``kind`` = ``floor``) included.
+* ``samples/<run_id>.npz``: the fixed test fills of each finished run (a few small images).
 
-Autoencoder run folders (``ae-*``) are not training runs and are left out.
+Autoencoder run folders (``ae-*``) are not training runs and are left out. ``tag`` is the arm, plus
+``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled; ``kind`` is ``model`` or
+``floor`` (a classical fill, ``lambda_blocks.classical``).
 """
 from __future__ import annotations
 
@@ -28,7 +33,12 @@ RUN_COLUMNS = [
     # latent space and distillation (empty for the pixel-space runs recorded before them)
     "tag", "space", "work_size", "kd", "kd_weighting", "kd_perceptual", "teacher_run", "teacher_params",
     "projector_params", "ae_run", "ae_psnr", "ae_ssim", "ae_lpips", "latency_ms_inrun", "peak_mem_mb_inrun",
+    # recipe and run kind (empty = model / eps / none for runs recorded before them)
+    "kind", "prediction", "loss_weighting", "eval_spacing", "eval_ddim_steps", "train_batch_size", "train_lr",
 ]
+EVAL_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "n",
+                "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std"]
+PER_IMAGE_KEY = ["run_id", "tag", "arm", "size", "seed", "kind", "space", "image_size"]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
 KD_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "step", "loss_total", "loss_task", "loss_fkd", "loss_ckd",
               "loss_lp", "w_fkd", "w_lp", "w_c"]
@@ -48,7 +58,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.DataFrame]:
     runs_root, results_dir = Path(runs_root), Path(results_dir)
-    rows, curves, profiles, kd_rows = [], [], [], []
+    rows, curves, profiles, kd_rows, eval_rows, per_image = [], [], [], [], [], []
     samples_dir = results_dir / "samples"
     for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_root.exists() else []:
         summary, config = _read_json(run_dir / "summary.json"), _read_json(run_dir / "config.json")
@@ -67,6 +77,12 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
                    seed=config.get("seed", params.get("seed")), preset=config.get("preset", params.get("preset")))
         row.update({k: v for k, v in summary.items() if k in RUN_COLUMNS})
         row.update({k: env.get(k) for k in ("device", "threads", "hardware", "torch_version", "git_sha") if env.get(k) is not None})
+        row["kind"] = config.get("kind", "model")
+        if row["kind"] == "model" and config:
+            dif, ev, tr = config.get("diffusion") or {}, config.get("eval") or {}, config.get("train") or {}
+            row.update(prediction=dif.get("prediction", "eps"), loss_weighting=dif.get("loss_weighting", "none"),
+                       eval_spacing=ev.get("spacing"), eval_ddim_steps=ev.get("ddim_steps"),
+                       train_batch_size=tr.get("batch_size"), train_lr=tr.get("lr"))
         lat, kdc = config.get("latent") or {}, config.get("kd") or {}
         row["space"] = lat.get("space", "pixel") if config else params.get("space")
         row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")
@@ -88,21 +104,35 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-                if rec.get("kind") == "kd":
+                if rec.get("kind") == "eval":
+                    eval_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
+                                      "seed": row["seed"], "prediction": row["prediction"],
+                                      "loss_weighting": row["loss_weighting"],
+                                      **{k: rec.get(k) for k in EVAL_COLUMNS[7:]}})
+                elif rec.get("kind") == "kd":
                     kd_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
                                     "seed": row["seed"], **{k: rec.get(k) for k in KD_COLUMNS[5:]}})
                 elif "loss" in rec and "step" in rec:
                     curves.append(dict(run_id=run_dir.name, arm=row["arm"], size=row["size"], seed=row["seed"],
                                        step=rec["step"], loss=rec["loss"]))
+        if (run_dir / "per_image.csv").exists() and row["status"] == "done":
+            pi = pd.read_csv(run_dir / "per_image.csv")
+            for k in PER_IMAGE_KEY:
+                pi.insert(PER_IMAGE_KEY.index(k), k, row.get(k) if k != "image_size" else summary.get("image_size"))
+            per_image.append(pi)
         if (run_dir / "samples.npz").exists() and row["status"] == "done":
             samples_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "samples.npz", samples_dir / f"{row['tag']}-{row['size']}-s{row['seed']}.npz")
+            shutil.copyfile(run_dir / "samples.npz", samples_dir / f"{run_dir.name}.npz")
     out = {
         "runs": pd.DataFrame(rows, columns=RUN_COLUMNS),
         "curves": pd.DataFrame(curves, columns=CURVE_COLUMNS),
     }
     if kd_rows:
         out["kd_log"] = pd.DataFrame(kd_rows, columns=KD_COLUMNS)
+    if eval_rows:
+        out["evals"] = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
+    if per_image:
+        out["per_image"] = pd.concat(per_image, ignore_index=True)
     if profiles:
         prof = pd.concat(profiles, ignore_index=True)
         key = [k for k in PROFILE_KEY if k in prof]

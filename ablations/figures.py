@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from lambda_blocks import plotting as P
+from lambda_blocks.unet import canonical_arm
 
 VARIANT_ARMS = ["vanilla", "linear", "local_lambda", "interactive_lambda", "lmi"]
 
@@ -16,76 +17,104 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() and path.stat().st_size > 0 else None
 
 
+def _write(path: Path, text: str, written: list[Path]) -> None:
+    P.atomic_write_text(path, text)
+    written.append(path)
+
+
 def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str) -> list[Path]:
     """Write all figures (PNG + PDF) and tables (Markdown + LaTeX); returns the written paths.
 
-    Missing inputs are reported (a study without profiling has no cost figure) rather than faked.
+    Reads ``results_dir`` only and writes only ``figures_dir`` and ``assets_dir``. Missing inputs are
+    reported (a study without profiling has no cost figure) rather than faked. Every quality figure
+    and table carries the classical floor scored on the same test problems; the study's rows are the
+    runs trained with the preset's recipe (``plotting.with_recipe``), the other recipes appear in the
+    convergence figure only.
     """
     results_dir, figures_dir, assets_dir = Path(results_dir), Path(figures_dir), Path(assets_dir)
-    runs, curves, profile, kd_log = (_read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log"))
+    runs, curves, profile, kd_log, evals, per_image = (
+        _read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log", "evals", "per_image"))
     written: list[Path] = []
     if runs is None and profile is None:
         raise FileNotFoundError(f"no results in {results_dir}: run `python -m ablations collect` first")
+    floors_all = None
     if runs is not None and len(runs):
         runs = P.attach_latency(runs, profile)
         done_all = runs[runs["status"] == "done"]
-        done, latent = P.split_runs(done_all)  # pixel-space runs without KD | the distillation study
+        learned_all, floors_all = P.split_kinds(done_all)
+        learned = P.with_recipe(learned_all, preset)
+        done, latent = P.split_runs(learned)  # pixel-space runs without KD | the distillation study
         variants = done[done["arm"].isin(VARIANT_ARMS)]
         caption = P.caption_for(done, preset)
         if len(variants):
-            for metric in ("lpips", "psnr", "kid", "smoothness_gap"):
+            size_px = int(variants["image_size"].mode().iloc[0])
+            fl = P.floors_at(floors_all, size_px)
+            for metric in ("lpips", "lpips_hole", "psnr", "kid", "fid"):
                 if metric in variants and variants[metric].notna().any():
-                    written += P.fig_quality_vs_size(variants, metric, figures_dir)
-            if variants["smoothness_gap"].notna().any():
-                written += P.fig_smoothness_gap(variants, figures_dir)
-            md = P.quality_table(variants, caption)
-            for name, text in (("quality_vs_size.md", md),):
-                P.atomic_write_text(assets_dir / name, text)
-                written.append(assets_dir / name)
+                    written += P.fig_quality_vs_size(variants, metric, figures_dir, floors=fl)
+            _write(assets_dir / "quality_vs_size.md", P.quality_table(variants, caption, fl), written)
+            pairs = P.paired_rows(per_image, pd.concat([variants, fl]), refs=["biharmonic", "telea", "linear"])
+            if pairs:
+                _write(assets_dir / "paired_quality.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
+                _write(assets_dir / "paired_quality.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"),
+                       written)
             size = variants["size"].value_counts().index[0]
             seed = int(variants["seed"].min())
-            samples = P.load_samples(results_dir / "samples", size, seed)
-            samples = {a: s for a, s in samples.items() if a in VARIANT_ARMS}
+            pick = variants[(variants["size"] == size) & (variants["seed"] == seed)]
+            order = {a: i for i, a in enumerate(VARIANT_ARMS)}
+            pick = pick.sort_values("arm", key=lambda c: c.map(order))
+            samples = P.load_samples(results_dir / "samples", pd.concat([fl, pick]), label_of=lambda r: r["arm"])
             if samples:
                 written += P.fig_qualitative(samples, figures_dir)
-        t2 = done[done["arm"].isin(P.TABLE2_ORDER)]
-        if len(t2):
-            md, tex = P.table2(t2, P.caption_for(t2, preset))
-            for name, text in (("table2_ablation.md", md), ("table2_ablation.tex", tex)):
-                P.atomic_write_text(assets_dir / name, text)
-                written.append(assets_dir / name)
+        t2_arms = {canonical_arm(a) for a in P.TABLE2_ORDER}
+        t2 = done[done["arm"].isin(t2_arms)]
+        if len(t2):  # one size: the one the Table 2-only arms were trained at (else the most common)
+            own = t2[~t2["arm"].isin(VARIANT_ARMS)]
+            t2 = t2[t2["size"] == (own if len(own) else t2)["size"].mode().iloc[0]]
+            fl = P.floors_at(floors_all, int(t2["image_size"].mode().iloc[0]))
+            md, tex = P.table2(t2, P.caption_for(t2, preset), fl)
+            _write(assets_dir / "table2_ablation.md", md, written)
+            _write(assets_dir / "table2_ablation.tex", tex, written)
         if len(latent):
-            md, tex = P.table_kd(latent, P.caption_kd(latent, preset))
-            for name, text in (("table2_kd.md", md), ("table2_kd.tex", tex)):
-                P.atomic_write_text(assets_dir / name, text)
-                written.append(assets_dir / name)
+            fl = P.floors_at(floors_all, int(latent["image_size"].mode().iloc[0]))
+            md, tex = P.table_kd(latent, P.caption_kd(latent, preset), fl)
+            _write(assets_dir / "table2_kd.md", md, written)
+            _write(assets_dir / "table2_kd.tex", tex, written)
             for metric in ("lpips", "kid"):
                 if latent[metric].notna().any():
                     written += P.fig_kd_quality(latent, figures_dir, metric)
-            # fills of the teacher and of every student with / without KD (lowest seed), same images
+            # fills of the classical floor, the teacher and every student with / without KD (lowest seed)
             seed = int(latent["seed"].min())
-            tiles = {}
-            for _, r in latent[latent["seed"] == seed].sort_values(["kd", "tag"], key=lambda c: c.astype(str)).iterrows():
-                path = results_dir / "samples" / f"{r['tag']}-{r['size']}-s{seed}.npz"
-                if path.exists():
-                    with np.load(path) as z:
-                        if r["run_id"] in set(latent["teacher_run"].dropna()):
-                            short = "teacher"
-                        elif P.is_true(pd.Series([r["kd"]])).iloc[0]:
-                            short = f"{r['arm']}+KD" + ("" if r["kd_weighting"] == "adaptive" else f" {r['kd_weighting']}")
-                        else:
-                            short = f"{r['arm']} no KD"
-                        tiles[short] = {k: z[k] for k in ("masked", "fill", "target")}
+            teachers = set(latent["teacher_run"].dropna())
+
+            def short(r):
+                if r["run_id"] in teachers:
+                    return "teacher"
+                if P.is_true(pd.Series([r["kd"]])).iloc[0]:
+                    return f"{r['arm']}+KD" + ("" if r["kd_weighting"] == "adaptive" else f" {r['kd_weighting']}")
+                return f"{r['arm']} no KD"
+
+            rows = latent[latent["seed"] == seed].sort_values(["kd", "tag"], key=lambda c: c.astype(str))
+            tiles = P.load_samples(results_dir / "samples", fl, label_of=lambda r: r["arm"])
+            tiles.update(P.load_samples(results_dir / "samples", rows, label_of=short))
             if tiles:
                 written += P.fig_qualitative(tiles, figures_dir, name="qualitative_kd")
         if len(done):
-            P.atomic_write_text(results_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"))
+            _write(assets_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"), written)
+    if evals is not None and len(evals) and runs is not None:
+        pixel_ids = set(P.split_runs(P.split_kinds(runs)[0])[0]["run_id"])
+        ev = evals[evals["run_id"].isin(pixel_ids)]
+        if len(ev) and ev["lpips"].notna().any():
+            size_px = int(runs[runs["run_id"].isin(set(ev["run_id"]))]["image_size"].mode().iloc[0])
+            written += P.fig_convergence(ev, figures_dir, floors=P.floors_at(floors_all, size_px))
     if kd_log is not None and len(kd_log):
         written += P.fig_kd_weights(kd_log, figures_dir)
     if curves is not None and len(curves):
         if runs is not None and "space" in runs:  # the pixel-space study's curves only
             pixel_ids = set(P.split_runs(runs)[0]["run_id"])
             curves = curves[curves["run_id"].isin(pixel_ids)]
+        if runs is not None:
+            curves = curves[curves["run_id"].isin(set(P.with_recipe(P.split_kinds(runs)[0], preset)["run_id"]))]
         curves = curves[curves["arm"].isin(VARIANT_ARMS)]
         if len(curves):
             written += P.fig_training_curves(curves, figures_dir)
@@ -95,7 +124,8 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         P.atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
         written.append(assets_dir / "scaling_slopes.md")
     # stable-named copies of the key figures for the paper
-    for stem in ("quality_vs_size_lpips", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params", "kd_weights", "qualitative_kd"):
+    for stem in ("quality_vs_size_lpips", "convergence", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params",
+                 "kd_weights", "qualitative_kd"):
         src = figures_dir / f"{stem}.pdf"
         if src.exists():
             dst = assets_dir / "fig" / f"{stem}.pdf"

@@ -4,7 +4,8 @@ A sweep file (``ablations/*.yaml``)::
 
     name: quality_vs_size
     notebook: notebooks/10_train_inpaint.ipynb
-    kind: train                  # train | distill | profile | notebook
+    kind: train                  # train | distill | profile | notebook | floor (no notebook: the
+                                 # classical fills of lambda_blocks.classical, run in-process)
     grid:                        # the Cartesian product of these lists (a list of such
                                  # mappings is the union of their products)
       arm: [vanilla, linear, local_lambda, lmi]
@@ -36,7 +37,7 @@ import yaml
 from lambda_blocks.records import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("train", "distill", "profile", "notebook")
+KINDS = ("train", "distill", "profile", "notebook", "floor")
 SWEEP_KEYS = {"name", "notebook", "kind", "grid", "fixed", "presets", "description"}
 
 
@@ -84,17 +85,18 @@ def load_sweep(path: Path | str) -> Sweep:
     unknown = set(raw) - SWEEP_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(SWEEP_KEYS)}")
-    for key in ("name", "notebook", "grid"):
-        if key not in raw:
-            raise ValueError(f"{path}: missing key {key!r}")
     kind = raw.get("kind", "notebook")
     if kind not in KINDS:
         raise ValueError(f"{path}: unknown kind {kind!r}; choose one of {KINDS}")
-    nb = Path(raw["notebook"])
-    if not nb.is_absolute():
-        nb = ROOT / nb
-    if not nb.exists():
-        raise FileNotFoundError(f"{path}: notebook {nb} does not exist")
+    for key in ("name", "grid") + (() if kind == "floor" else ("notebook",)):
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}")
+    nb = Path(raw.get("notebook") or "")
+    if kind != "floor":
+        if not nb.is_absolute():
+            nb = ROOT / nb
+        if not nb.exists():
+            raise FileNotFoundError(f"{path}: notebook {nb} does not exist")
     return Sweep(raw["name"], nb, kind, raw["grid"], raw.get("fixed") or {}, raw.get("presets") or {}, raw.get("description", ""))
 
 
@@ -108,6 +110,15 @@ def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path,
         from lambda_blocks.train import planned_run_dir
 
         run_dir = Path(planned_run_dir(preset=preset, out=out_root, **params))
+    elif sweep.kind == "floor":
+        from lambda_blocks.classical import floor_config, floor_run_name
+        from lambda_blocks.config import parse_overrides
+
+        p = dict(params)
+        fcfg = floor_config(preset, p.pop("method"), parse_overrides(p.pop("overrides", None)))
+        if p:
+            raise ValueError(f"sweep {sweep.name}: a floor point takes method and overrides, not {sorted(p)}")
+        run_dir = out_root / floor_run_name(fcfg)
     elif sweep.kind == "distill":
         from lambda_blocks.distill import planned_run_dir as planned_distill_dir
 
@@ -126,6 +137,8 @@ def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path,
 
 def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Path, kernel: str = "python3") -> dict:
     """Execute the sweep notebook for one point; the executed copy lands in the run folder."""
+    if sweep.kind == "floor":
+        return _execute_floor(sweep, params, preset, out_root, run_dir)
     import papermill as pm
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +163,23 @@ def execute(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Pa
     if sweep.kind not in ("train", "distill") and not (run_dir / "summary.json").exists():
         write_json(run_dir / "summary.json", {"status": "done", "sweep": sweep.name, "params": nb_params,
                                               "elapsed_s": time.time() - t0})
+    return {"status": "done", "elapsed_s": time.time() - t0}
+
+
+def _execute_floor(sweep: Sweep, params: dict, preset: str, out_root: Path, run_dir: Path) -> dict:
+    """A classical-floor point, in-process (seconds); failures are recorded like a notebook's."""
+    from lambda_blocks.classical import run_floor
+    from lambda_blocks.config import parse_overrides
+
+    t0 = time.time()
+    try:
+        run_floor(preset, params["method"], out_root, parse_overrides(params.get("overrides")))
+    except Exception as exc:  # recorded, and the sweep goes on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rec = {"status": "failed", "params": params, "error": f"{type(exc).__name__}: {exc}"[:500],
+               "traceback": traceback.format_exc()[-4000:], "elapsed_s": time.time() - t0, "sweep": sweep.name}
+        write_json(run_dir / "error.json", rec)
+        return rec
     return {"status": "done", "elapsed_s": time.time() - t0}
 
 

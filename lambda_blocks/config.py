@@ -243,6 +243,7 @@ class ExpCfg:
 
     def unet_config(self) -> UNetConfig:
         kw = _unet_kwargs(self.model.unet)
+        kw.setdefault("max_timestep", self.diffusion.timesteps)
         if self.latent.space == "latent":
             kw.setdefault("image_channels", self.ae_config().latent_channels)
         return unet_config(self.arm, self.size, **kw)
@@ -477,6 +478,10 @@ def _validate(cfg: ExpCfg) -> None:
             raise ValueError(f"{k} must be >= 0, got {v}")
     if not (0.0 < d.beta_start < d.beta_end < 1.0):
         raise ValueError(f"need 0 < diffusion.beta_start < diffusion.beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    if not math.isfinite(tr.grad_clip):
+        raise ValueError(f"train.grad_clip must be a finite number (<= 0 disables clipping), got {tr.grad_clip}")
+    if not (math.isfinite(tr.weight_decay) and math.isfinite(tr.ema_decay)):
+        raise ValueError("train.weight_decay and train.ema_decay must be finite numbers")
     if not (math.isfinite(tr.lr) and tr.lr > 0):
         raise ValueError(f"train.lr must be a finite number > 0, got {tr.lr}")
     if not 0.0 <= tr.ema_decay < 1.0:
@@ -492,6 +497,7 @@ def _validate(cfg: ExpCfg) -> None:
     if ev.n_grid > ev.n_eval:
         raise ValueError(f"eval.n_grid={ev.n_grid} exceeds eval.n_eval={ev.n_eval}")
     ucfg = cfg.unet_config()  # validates the architecture (unknown keys, bad values)
+    _build_on_meta(ucfg)  # ... and the layers it builds (heads that do not divide a width, an even r)
     div = 2 ** (ucfg.levels - 1)
     if cfg.latent.space == "latent":
         f = cfg.ae_config().factor
@@ -500,6 +506,27 @@ def _validate(cfg: ExpCfg) -> None:
                              f"{f} x {div} for a {ucfg.levels}-level U-Net) in latent space")
     elif da.image_size % div:
         raise ValueError(f"data.image_size={da.image_size} must be divisible by {div} for a {ucfg.levels}-level U-Net")
+
+
+_META_OK: set = set()
+
+
+def _build_on_meta(ucfg: UNetConfig) -> None:
+    """Construct the U-Net on the meta device (no memory, milliseconds) so that every layer's own
+    checks run at config time, not after the run folder exists; cached per config."""
+    key = json.dumps(ucfg.to_dict(), sort_keys=True, default=str)
+    if key in _META_OK:
+        return
+    import torch
+
+    from .unet import InpaintUNet
+
+    try:
+        with torch.device("meta"):
+            InpaintUNet(ucfg)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"invalid architecture: {exc.args[0] if exc.args else exc}") from exc
+    _META_OK.add(key)
 
 
 def _build(preset: str, arm: str, size: str | None, seed: int, overrides: Mapping[str, Any], base: str) -> ExpCfg:

@@ -34,7 +34,7 @@ from .config import ExpCfg, config_hash
 from .diffusion import LEAK_INIT, Diffusion
 from .seeding import randn_per_sample, sample_generators
 
-__all__ = ["EvalSet", "load_eval_set", "sample_fills", "fid_from_features", "score_fills", "write_per_image",
+__all__ = ["EvalSet", "BadTestData", "load_eval_set", "sample_fills", "fid_from_features", "score_fills", "write_per_image",
            "PER_IMAGE_COLUMNS", "evaluate_model", "evaluate_run", "main"]
 
 
@@ -53,13 +53,35 @@ class EvalSet:
         return self.images * (1 - self.masks)
 
 
-def load_eval_set(test_ds, n: int, image_size: int, mask_kind: str, seed: int) -> EvalSet:
-    """Fixed masks keyed by (image id, seed); noise keyed by (image id, seed)."""
+class BadTestData(ValueError):
+    """The test split cannot be evaluated: too few items, an unreadable image, a mask of another size."""
+
+
+def load_eval_set(test_ds, n: int, image_size: int, mask_kind: str, seed: int, check_all: bool = False) -> EvalSet:
+    """Fixed masks keyed by (image id, seed); noise keyed by (image id, seed).
+
+    ``check_all`` decodes every item of the split (not only the first ``n``) so that a corrupt file
+    anywhere in it is found before training. Raises ``BadTestData`` naming the item."""
     from .masks import eval_mask
 
+    if n < 1:
+        raise BadTestData(f"the number of evaluation images must be >= 1, got {n}")
     if n > len(test_ds):
-        raise ValueError(f"asked for {n} evaluation images but the test split has {len(test_ds)}")
-    items = [test_ds[i] for i in range(n)]
+        raise BadTestData(f"asked for {n} evaluation images but the test split has {len(test_ds)}")
+    items = []
+    for i in range(len(test_ds) if check_all else n):
+        try:
+            it = test_ds[i]
+        except Exception as exc:  # noqa: BLE001 - name the item whatever the decoder raised
+            raise BadTestData(f"test item {i} cannot be read: {type(exc).__name__}: {exc}") from exc
+        shape = tuple(it["image"].shape[-2:])
+        if shape != (image_size, image_size):
+            raise BadTestData(f"test image {it.get('id', i)} is {shape[0]}x{shape[1]}, expected {image_size}x{image_size}")
+        if it.get("mask") is not None and tuple(it["mask"].shape[-2:]) != shape:
+            raise BadTestData(f"the mask of test image {it.get('id', i)} is {tuple(it['mask'].shape[-2:])}, "
+                              f"its image {shape}: image and mask sizes differ")
+        if i < n:
+            items.append(it)
     images = torch.stack([it["image"].float() for it in items])
     ids = [str(it["id"]) for it in items]
     masks = torch.stack([
@@ -273,7 +295,14 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     d = cfg.data
     test_ds = make_dataset(d.dataset, "test", size=d.image_size, n=d.n_test, seed=d.seed, root=d.root,
                            mask_root=d.mask_root)
-    es = load_eval_set(test_ds, min(n, len(test_ds)), d.image_size, ev.mask_kind, ev.seed)
+    if n < 1:
+        raise BadTestData(f"--n must be >= 1, got {n}")
+    n_requested = n
+    if n > len(test_ds):
+        print(f"[evaluate] asked for {n} images but the test split of this run has {len(test_ds)}: "
+              f"evaluating all {len(test_ds)} (recorded as n_requested={n})", file=sys.stderr)
+        n = len(test_ds)
+    es = load_eval_set(test_ds, n, d.image_size, ev.mask_kind, ev.seed)
     spec = dict(config_hash=config_hash(cfg), step=step, n=len(es), steps=steps, init=init,
                 strength=strength if init == LEAK_INIT else None, spacing=spacing, mask_kind=ev.mask_kind,
                 eval_seed=ev.seed, ema=use_ema)
@@ -281,7 +310,7 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     res, _ = evaluate_model(model, Diffusion.from_cfg(cfg.diffusion), es, dev, steps=steps, spacing=spacing,
                             init=init, strength=strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid,
                             cache_dir=Path(run_dir).parent / ".cache", space=space)
-    res = {**spec, **res, "eval_key": key}
+    res = {**spec, **res, "eval_key": key, "n_requested": n_requested}
     out = paths.eval_file(key)
     records.write_json(out, res)
     return res, out
@@ -299,14 +328,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     args = ap.parse_args(argv)
-    res, out = evaluate_run(args.run_dir, n=args.n, steps=args.steps, init=args.init, strength=args.strength,
-                            spacing=args.spacing, device=args.device, use_ema=not args.raw)
+    if args.n is not None and args.n < 1:
+        ap.error(f"--n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps must be >= 1, got {args.steps}")
+    try:
+        res, out = _evaluate_cli(args)
+    except (FileNotFoundError, BadTestData, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for k in ("psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std",
               "smoothness_gap", "hole_ratio", "n_eval_images", "n_fid_images"):
         v = res.get(k)
         print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
     print(f"wrote {out}")
     return 0
+
+
+def _evaluate_cli(args):
+    return evaluate_run(args.run_dir, n=args.n, steps=args.steps, init=args.init, strength=args.strength,
+                            spacing=args.spacing, device=args.device, use_ema=not args.raw)
 
 
 if __name__ == "__main__":

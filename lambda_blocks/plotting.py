@@ -17,10 +17,15 @@ from .records import atomic_write_bytes, atomic_write_text  # the one atomic wri
 
 LABELS = {
     "vanilla": "Softmax attn",
-    "linear": "Linear attn",
-    "local_lambda": "Local-λ",
-    "interactive_lambda": "Interactive-λ",
-    "lmi": "LλMI",
+    "linear": "Linear attn (= baseline)",
+    "local_lambda": "Local-λ (= swap self)",
+    "interactive_lambda": "Interactive-λ (= swap cross)",
+    "lmi": "LλMI (= Moebius)",
+    # the classical floor (lambda_blocks.classical)
+    "mean": "floor: mean colour",
+    "biharmonic": "floor: biharmonic",
+    "telea": "floor: Telea",
+    "ns": "floor: Navier-Stokes",
     "baseline": "baseline (linear / CA / FFN / conv)",
     "swap_self": "swap self → Local-λ",
     "swap_cross": "swap cross → Interactive-λ",
@@ -37,6 +42,8 @@ PALETTE = {
     "interactive_lambda": "#8172B3",
     "lmi": "#C44E52",
 }
+FLOOR_STYLE = {"mean": ":", "biharmonic": "--", "telea": "-.", "ns": (0, (1, 3))}
+FLOORS = tuple(FLOOR_STYLE)
 TABLE2_ORDER = ["baseline", "swap_self", "swap_cross", "swap_ffn", "swap_conv", "both_lambda", "both_lambda_dw", "moebius"]
 METRICS = {  # column -> (axis label, lower is better)
     "lpips": ("LPIPS (whole image) ↓", True),
@@ -145,26 +152,63 @@ def seed_summary(runs: pd.DataFrame, metrics=tuple(METRICS), by=("arm", "size"))
 # Figures
 
 
-def fig_quality_vs_size(runs: pd.DataFrame, metric: str, out_dir, name: str | None = None) -> list[Path]:
-    """Quality against parameters, MACs and measured latency: one line per variant, seed error bars."""
+def human(v: float, _pos=None) -> str:
+    """1.2k / 3.4M / 5.6G tick labels."""
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suf}"
+    return f"{v:.3g}"
+
+
+def log_x_at(ax, values) -> None:
+    """Log x axis whose ticks are the data's own values (legible over less than a decade)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    vals = sorted({float(v) for v in values if pd.notna(v) and v > 0})
+    ax.set_xscale("log")
+    if vals:
+        ax.xaxis.set_major_locator(FixedLocator(vals))
+        ax.xaxis.set_major_formatter(FuncFormatter(human))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.tick_params(axis="x", labelrotation=30, labelsize=6)
+
+
+def floor_lines(ax, floors: pd.DataFrame | None, metric: str) -> None:
+    """The classical fills as horizontal reference lines (grey, one line style each)."""
+    if floors is None or not len(floors) or metric not in floors:
+        return
+    for _, r in floors.drop_duplicates("arm").iterrows():
+        v = r[metric]
+        if pd.notna(v):
+            ax.axhline(v, color="0.45", lw=0.8, ls=FLOOR_STYLE.get(r["arm"], "--"), label=label(r["arm"]), zorder=0)
+
+
+def fig_quality_vs_size(runs: pd.DataFrame, metric: str, out_dir, name: str | None = None,
+                        floors: pd.DataFrame | None = None) -> list[Path]:
+    """Quality against parameters, MACs and measured latency: one line per variant, seed error bars,
+    and the classical fills of the same test problems as reference lines."""
     import matplotlib.pyplot as plt
 
     style()
     summ = seed_summary(runs)
     costs = [c for c in COSTS if c in summ and summ[c].notna().any()]
-    fig, axes = plt.subplots(1, len(costs), figsize=(2.6 * len(costs), 2.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(costs), figsize=(2.5 * len(costs) + 1.6, 2.5), squeeze=False, sharey=True)
     for ax, cost in zip(axes[0], costs):
+        floor_lines(ax, floors, metric)
         for arm, grp in summ.groupby("arm", sort=False):
             grp = grp.sort_values(cost)
             ax.errorbar(grp[cost], grp[f"{metric}_mean"], yerr=grp[f"{metric}_std"], marker="o", ms=3, capsize=2,
                         label=label(arm), color=color(arm))
-        ax.set_xscale("log")
+        log_x_at(ax, summ[cost])
         ax.set_xlabel(COSTS[cost])
     axes[0][0].set_ylabel(METRICS[metric][0])
-    axes[0][-1].legend(loc="best")
+    handles, labels_ = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6, frameon=False)
     n_img = int(summ["n_eval_images"].max()) if "n_eval_images" in summ else 0
     seeds = int(summ["n_seeds"].max())
-    fig.suptitle(f"{METRICS[metric][0]} vs model cost ({n_img} test images, mean ± std over {seeds} seed(s))", fontsize=8)
+    fig.suptitle(f"{METRICS[metric][0]} vs model cost ({n_img} test images, mean ± std over {seeds} seed(s); "
+                 "grey: classical fills)", fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, out_dir, name or f"quality_vs_size_{metric}")
 
 
@@ -209,7 +253,7 @@ def fig_training_curves(curves: pd.DataFrame, out_dir, name: str = "training_cur
         ax.set_yscale("log")
         ax.set_title(f"U-Net {size}")
         ax.set_xlabel("step")
-    axes[0][0].set_ylabel("ε-MSE (train)")
+    axes[0][0].set_ylabel("training loss (the run's target and weighting)")
     axes[0][-1].legend()
     return save_figure(fig, out_dir, name)
 
@@ -247,8 +291,8 @@ def fig_qualitative(samples: dict[str, dict[str, np.ndarray]], out_dir, name: st
     arms = list(samples)
     first = samples[arms[0]]
     n = min(n, len(first["target"]))
-    cols = ["masked input"] + [label(a) for a in arms] + ["ground truth"]
-    fig, axes = plt.subplots(n, len(cols), figsize=(0.9 * len(cols), 0.9 * n + 0.3), squeeze=False)
+    cols = ["masked input"] + [label(a).replace("floor: ", "").replace(" (= ", "\n(= ") for a in arms] + ["ground truth"]
+    fig, axes = plt.subplots(n, len(cols), figsize=(0.95 * len(cols), 0.95 * n + 0.45), squeeze=False)
     for i in range(n):
         tiles = [first["masked"][i]] + [samples[a]["fill"][i] for a in arms] + [first["target"][i]]
         for j, tile in enumerate(tiles):
@@ -258,7 +302,7 @@ def fig_qualitative(samples: dict[str, dict[str, np.ndarray]], out_dir, name: st
             ax.set_yticks([])
             ax.grid(False)
             if i == 0:
-                ax.set_title(cols[j], fontsize=6)
+                ax.set_title(cols[j], fontsize=5.5)
     return save_figure(fig, out_dir, name)
 
 
@@ -274,23 +318,33 @@ def _fmt(mean: float, std: float | None = None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def table2(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
-    """The paper's Table 2 shape: arm, KD, LPIPS, KID, FID, params, MACs, latency, peak memory.
+def table2(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = None) -> tuple[str, str]:
+    """The paper's Table 2 shape: arm, KD, LPIPS, KID, FID, params, MACs, latency, peak memory, with
+    the classical floor of the same test problems as the first rows.
 
+    Arms that build the same network as a variant arm were trained once under the variant's name
+    (``unet.canonical_arm``: baseline = linear, swap self = local_lambda, swap cross =
+    interactive_lambda, Moebius = lmi); their Table 2 row is that run, and says so.
     Returns (markdown, latex).
     """
-    summ = seed_summary(runs)
-    order = [a for a in TABLE2_ORDER if a in set(summ["arm"])] + [a for a in summ["arm"] if a not in TABLE2_ORDER]
-    summ = summ.set_index("arm").loc[list(dict.fromkeys(order))].reset_index()
-    head = ["arm", "KD", "LPIPS ↓", "KID ↓", "FID ↓", "PSNR ↑", "params (M)", "GMACs", "latency ms", "peak MB"]
-    rows = []
-    for _, r in summ.iterrows():
+    from .unet import canonical_arm
+
+    summ = seed_summary(runs).set_index("arm")
+    head = ["arm", "KD", "LPIPS ↓", "KID ↓", "FID ↓", "PSNR ↑", "params (M)", "GMACs", "latency ms", "peak MB", "seeds"]
+    rows = floor_table_rows(floors, head) if floors is not None and len(floors) else []
+    for t2 in TABLE2_ORDER:
+        arm = canonical_arm(t2)
+        if arm not in summ.index:
+            continue
+        r = summ.loc[arm]
+        name = label(t2) + ("" if arm == t2 else f" [run: {arm}]")
         rows.append([
-            label(r["arm"]), "no",
+            name, "no",
             _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
             _fmt(r.get("fid_mean"), r.get("fid_std"), 1), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
             _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
             _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
+            str(int(r["n_seeds"])),
         ])
     return _md_tex(head, rows, caption, "tab:ablation")
 
@@ -315,7 +369,7 @@ def kd_label(row) -> str:
     return f"yes ({row.get('kd_weighting')})"
 
 
-def table_kd(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
+def table_kd(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = None) -> tuple[str, str]:
     """The Table 2 shape with its KD half: latent-space arms without and with distillation, and the
     teacher(s). Columns: role, arm, KD, LPIPS, KID, FID, PSNR, params, GMACs (the U-Net on the latent),
     latency and peak memory (measured at the end of each run). Returns (markdown, latex)."""
@@ -339,6 +393,10 @@ def table_kd(runs: pd.DataFrame, caption: str) -> tuple[str, str]:
     head = ["role", "arm", "size", "KD", "LPIPS ↓", "KID ↓", "FID ↓", "PSNR ↑", "params (M)", "GMACs", "latency ms",
             "peak MB", "seeds"]
     rows = []
+    if floors is not None and len(floors):
+        for r in floor_table_rows(floors, head):
+            r[0] = "floor"
+            rows.append(r)
     for _, r in summ.iterrows():
         rows.append([
             r["role"], label(r["arm"]), str(r["size"]), r["kd_col"],
@@ -425,17 +483,22 @@ def fig_kd_weights(kd_log: pd.DataFrame, out_dir, name: str = "kd_weights", smoo
     return save_figure(fig, out_dir, name)
 
 
-def quality_table(runs: pd.DataFrame, caption: str) -> str:
-    """Markdown table of the quality-versus-size study (mean ± std over seeds)."""
+def quality_table(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = None) -> str:
+    """Markdown table of the quality-versus-size study (mean ± std over seeds), the classical floor
+    of the same test problems first."""
     summ = seed_summary(runs)
-    head = ["variant", "size", "params (M)", "GMACs", "LPIPS ↓", "PSNR ↑", "SSIM ↑", "KID ↓", "smooth gap ↓", "seeds"]
+    head = ["variant", "size", "params (M)", "GMACs", "LPIPS ↓", "LPIPS hole ↓", "PSNR ↑", "SSIM ↑", "KID ↓", "FID ↓",
+            "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    if floors is not None and len(floors):
+        md += "".join("| " + " | ".join(r) + " |\n" for r in floor_table_rows(floors, head))
     for _, r in summ.iterrows():
         md += "| " + " | ".join([
             label(r["arm"]), str(r["size"]), _fmt(r["params"] / 1e6, None, 3), _fmt(r["macs"] / 1e9, None, 3),
-            _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
+            _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("lpips_hole_mean"), r.get("lpips_hole_std")),
+            _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
             _fmt(r.get("ssim_mean"), r.get("ssim_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
-            _fmt(r.get("smoothness_gap_mean"), r.get("smoothness_gap_std")), str(int(r["n_seeds"])),
+            _fmt(r.get("fid_mean"), r.get("fid_std"), 1), str(int(r["n_seeds"])),
         ]) + " |\n"
     return md + f"\n{caption}\n"
 
@@ -452,15 +515,16 @@ def scaling_table(profile: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_samples(samples_dir: Path | str, size: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """arm -> arrays from ``samples/<arm>-<size>-s<seed>.npz`` (written by ``ablations collect``)."""
+def load_samples(samples_dir: Path | str, runs: pd.DataFrame, label_of=None) -> dict[str, dict[str, np.ndarray]]:
+    """label -> arrays from ``samples/<run_id>.npz`` (written by ``ablations collect``) for the rows of
+    ``runs``, in row order; ``label_of(row)`` names a column (default: ``label(arm)``)."""
     out = {}
-    for path in sorted(Path(samples_dir).glob(f"*-{size}-s{seed}.npz")):
-        arm = path.name[: -len(f"-{size}-s{seed}.npz")]
-        with np.load(path) as z:
-            out[arm] = {k: z[k] for k in ("masked", "fill", "target")}
-    order = [a for a in PALETTE if a in out] + [a for a in out if a not in PALETTE]
-    return {a: out[a] for a in order}
+    for _, r in runs.iterrows():
+        path = Path(samples_dir) / f"{r['run_id']}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                out[(label_of or (lambda row: label(row["arm"])))(r)] = {k: z[k] for k in ("masked", "fill", "target")}
+    return out
 
 
 def caption_for(runs: pd.DataFrame, preset: str) -> str:
@@ -488,10 +552,173 @@ def fig_run_curves(rows: list[dict], out_dir, name: str = "curves") -> list[Path
         axes[0].plot(steps, loss, lw=1)
         axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("ε-MSE (train, rolling mean)")
+    axes[0].set_ylabel("training loss (rolling mean)")
     key = next((k for k in ("psnr_hole", "psnr") if any(k in r for r in evals)), None)
     if key:
         axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], marker="o", ms=3)
         axes[1].set_ylabel(f"{key} (periodic eval, EMA)")
     axes[1].set_xlabel("step")
     return save_figure(fig, out_dir, name)
+
+
+# --------------------------------------------------------------------------------------------
+# The classical floor, the recipe of a preset, convergence, paired comparisons
+
+
+def split_kinds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(learned runs, classical-floor runs); rows without ``kind`` are learned (recorded before it)."""
+    kind = runs["kind"].fillna("model") if "kind" in runs else pd.Series("model", index=runs.index)
+    return runs[kind != "floor"], runs[kind == "floor"]
+
+
+def floors_at(floors: pd.DataFrame, image_size) -> pd.DataFrame:
+    """The floor rows scored at ``image_size`` (the test problems of a table), in ``FLOORS`` order."""
+    if floors is None or not len(floors):
+        return floors
+    sub = floors[floors["image_size"] == image_size]
+    order = {a: i for i, a in enumerate(FLOORS)}
+    return sub.sort_values("arm", key=lambda c: c.map(order))
+
+
+def preset_recipe(preset: str) -> dict:
+    """The prediction target and loss weighting of a preset (``config.PRESETS``; defaults eps / none)."""
+    from .config import PRESETS
+
+    p = PRESETS.get(preset, {})
+    return {"prediction": p.get("diffusion.prediction", "eps"), "loss_weighting": p.get("diffusion.loss_weighting", "none")}
+
+
+def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
+    """Learned runs trained with the preset's recipe (the study's rows; convergence variants left out)."""
+    want = preset_recipe(preset)
+    pred = runs["prediction"].fillna("eps") if "prediction" in runs else pd.Series("eps", index=runs.index)
+    lw = runs["loss_weighting"].fillna("none") if "loss_weighting" in runs else pd.Series("none", index=runs.index)
+    return runs[(pred == want["prediction"]) & (lw == want["loss_weighting"])]
+
+
+def recipe_label(prediction, weighting) -> str:
+    p = "ε" if prediction in (None, "eps") or (isinstance(prediction, float) and np.isnan(prediction)) else str(prediction)
+    w = "" if weighting in (None, "none") or (isinstance(weighting, float) and np.isnan(weighting)) else " + Min-SNR"
+    return f"{p}{w}"
+
+
+CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whole) ↓"), ("fid", "FID ↓"),
+                      ("psnr_hole", "PSNR dB (hole) ↑"))
+
+
+def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = None,
+                    name: str = "convergence") -> list[Path]:
+    """Periodic full evaluations against training steps: one line per (arm, prediction target,
+    weighting), mean over seeds; the classical fills of the same problems as grey lines."""
+    import matplotlib.pyplot as plt
+
+    style()
+    ev = evals.copy()
+    ev["recipe"] = [recipe_label(p, w) for p, w in zip(ev["prediction"], ev["loss_weighting"])]
+    panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
+    styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
+    for ax, (col, title) in zip(axes[0], panels):
+        floor_lines(ax, floors, col)
+        for (arm, recipe), grp in ev.groupby(["arm", "recipe"], sort=True):
+            curve = grp.groupby("step")[col].mean()
+            ax.plot(curve.index, curve.values, marker="o", ms=2, lw=1, color=color(arm),
+                    ls=styles.get(recipe, "-"), label=f"{label(arm).split(' (=')[0]}, {recipe}")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("training step")
+        if col in ("lpips", "lpips_hole", "fid"):
+            ax.set_yscale("log")
+    handles, labels_ = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels_:
+                handles.append(h)
+                labels_.append(lab)
+    fig.legend(handles, labels_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6, frameon=False)
+    n = int(ev["n"].max()) if "n" in ev and ev["n"].notna().any() else 0
+    fig.suptitle(f"convergence: periodic evaluation of the EMA weights on the {n} evaluation images "
+                 "(grey: classical fills of the same problems)", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, name)
+
+
+def floor_table_rows(floors: pd.DataFrame, head: list[str]) -> list[list[str]]:
+    """Rows for the floor in a table of columns ``head`` (metric columns filled, costs '0' / '–')."""
+    col_of = {"LPIPS ↓": ("lpips", 3), "LPIPS hole ↓": ("lpips_hole", 3), "PSNR ↑": ("psnr", 2),
+              "PSNR hole ↑": ("psnr_hole", 2), "SSIM ↑": ("ssim", 3), "KID ↓": ("kid", 4), "FID ↓": ("fid", 1),
+              "smooth gap ↓": ("smoothness_gap", 3)}
+    rows = []
+    for _, r in floors.iterrows():
+        row = []
+        for h in head:
+            if h in ("variant", "arm"):
+                row.append(label(r["arm"]))
+            elif h in col_of:
+                c, dg = col_of[h]
+                row.append(_fmt(r.get(c), None, dg))
+            elif h in ("params (M)", "GMACs"):
+                row.append("0")
+            elif h == "seeds":
+                row.append("–")
+            elif h == "KD":
+                row.append("–")
+            elif h == "size":
+                row.append("classical")
+            else:
+                row.append("–")
+        rows.append(row)
+    return rows
+
+
+def paired_rows(per_image: pd.DataFrame, runs: pd.DataFrame, refs: list[str], metrics=("lpips", "psnr"),
+                confidence: float = 0.95) -> list[dict]:
+    """Every learned (arm, size) of ``runs`` against each reference arm in ``refs`` (a floor method or
+    a learned arm at the same size), paired over the test images: a list of ``stats.Paired`` dicts."""
+    from .stats import compare
+
+    out = []
+    if per_image is None or not len(per_image):
+        return out
+    pi = per_image[per_image["run_id"].isin(set(runs["run_id"]))]
+    learned, floors = split_kinds(runs)
+    for (arm, size), grp in learned.groupby(["arm", "size"], sort=False):
+        mine = pi[pi["run_id"].isin(set(grp["run_id"]))]
+        if not len(mine):
+            continue
+        for ref in refs:
+            if ref == arm:
+                continue
+            if ref in FLOORS:
+                ref_runs = floors[(floors["arm"] == ref) & (floors["image_size"] == grp["image_size"].iloc[0])]
+            else:
+                ref_runs = learned[(learned["arm"] == ref) & (learned["size"] == size)]
+            theirs = pi[pi["run_id"].isin(set(ref_runs["run_id"]))]
+            if not len(theirs):
+                continue
+            for m in metrics:
+                if mine[m].notna().any() and theirs[m].notna().any():
+                    p = compare(mine, theirs, m, f"{arm}/{size}", ref if ref in FLOORS else f"{ref}/{size}",
+                                confidence=confidence)
+                    out.append({"arm": arm, "size": size, "ref": ref, **p.to_dict()})
+    return out
+
+
+PAIRED_CAPTION = ("Paired comparisons on the same test problems: A − B is the mean over test images of the "
+                  "per-image difference (each arm first averaged over its seeds); the interval is a BCa bootstrap "
+                  "over images (scipy, 9,999 resamples, fixed seed). It covers the test problems, not training "
+                  "randomness: the seed std of each arm is beside it. LPIPS: lower is better; PSNR: higher.")
+
+
+def paired_table(rows: list[dict], caption: str) -> str:
+    """Markdown: A − B with its paired bootstrap interval, the seed spread of each, and the verdict."""
+    head = ["A", "B", "metric", "A", "B", "A − B", "95% CI", "seeds A / B", "seed std A / B", "verdict"]
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    for r in rows:
+        dg = 3 if r["metric"].startswith(("lpips", "ssim")) else 2
+        f = f"{{:.{dg}f}}"
+        sd = " / ".join("–" if not np.isfinite(v) else f.format(v) for v in (r["seed_std_a"], r["seed_std_b"]))
+        md += "| " + " | ".join([
+            label(r["arm"]) + f" ({r['size']})", label(r["ref"]) if r["ref"] in FLOORS else label(r["ref"]), r["metric"],
+            f.format(r["mean_a"]), f.format(r["mean_b"]), f.format(r["diff"]),
+            f"[{f.format(r['lo'])}, {f.format(r['hi'])}]", f"{r['seeds_a']} / {r['seeds_b']}", sd, r["verdict"]]) + " |\n"
+    return md + f"\n{caption}\n"

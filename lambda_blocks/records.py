@@ -36,7 +36,7 @@ import torch
 __all__ = [
     "SUMMARY_KEYS", "RunPaths", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
     "append_jsonl", "read_jsonl", "truncate_jsonl", "save_checkpoint", "load_checkpoint", "is_done",
-    "to_uint8", "write_samples", "run_lock", "claim_config",
+    "to_uint8", "write_samples", "run_lock", "claim_config", "RunBusy", "ForeignRun",
 ]
 
 SUMMARY_KEYS = (
@@ -78,23 +78,61 @@ def claim_config(paths: "RunPaths", config: dict, chash: str) -> None:
         write_json(paths.config, {**config, "config_hash": chash})
 
 
+_HELD: dict[str, int] = {}  # lock paths this process holds (re-entrant: a teacher run inside its lock)
+
+
+class RunBusy(RuntimeError):
+    """Another process holds the run folder's lock (``run_lock(wait=False)``)."""
+
+
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path):
-    """Exclusive lock on ``{run_dir}.lock`` (fcntl, released when the process dies): two processes
-    that need the same shared run (an autoencoder, a teacher) train it once; the second waits and
-    then finds it done. No-op where fcntl is unavailable."""
+def run_lock(run_dir: str | Path, wait: bool = True, echo=None):
+    """Exclusive lock on ``{run_dir}.lock`` (fcntl, released when the process dies).
+
+    Two processes on one run folder never interleave its records: the second waits (saying which
+    process holds the lock, ``echo``) and then finds the run done or resumes it; with ``wait=False``
+    it raises ``RunBusy`` naming the holder. Re-entrant within a process. No-op where fcntl is
+    unavailable."""
     path = Path(str(run_dir) + ".lock")
+    key = str(path.resolve()) if path.parent.exists() else str(path)
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            msg = f"{run_dir} is in use by {holder} (lock {path})"
+            if not wait:
+                raise RunBusy(msg) from None
+            if echo is not None:
+                echo(f"[wait] {msg}; waiting for it to finish")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        _HELD[key] = 1
         try:
             yield
         finally:
+            _HELD.pop(key, None)
+            with contextlib.suppress(OSError):
+                fh.seek(0)
+                fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
@@ -181,9 +219,19 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def is_done(run_dir: str | Path) -> bool:
+class ForeignRun(RuntimeError):
+    """A run folder holds the records of another config than the one looking at it."""
+
+
+def is_done(run_dir: str | Path, config_hash: str | None = None) -> bool:
+    """Whether ``run_dir`` holds a finished run. With ``config_hash``, a finished run of another
+    config raises ``ForeignRun`` instead of passing for this one."""
     s = read_json(RunPaths(run_dir).summary)
-    return bool(s) and s.get("status") == "done"
+    done = bool(s) and s.get("status") == "done"
+    if done and config_hash is not None and s.get("config_hash") != config_hash:
+        raise ForeignRun(f"{run_dir} holds a finished run of config {s.get('config_hash')}, not {config_hash}: "
+                         "it was copied or renamed by hand; move it away to train this config")
+    return done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,8 +288,17 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
     if raw is None:
         raise FileNotFoundError(f"{paths.config} is missing or unreadable")
     ck = records.load_checkpoint(paths.ckpt, map_location=device)
+    if ck.get("config_hash") is not None and raw.get("config_hash") is not None \
+            and ck["config_hash"] != raw["config_hash"]:
+        raise RuntimeError(f"{paths.ckpt} belongs to config {ck['config_hash']}, but {paths.config} is config "
+                           f"{raw['config_hash']}: the checkpoint was copied from another run")
     model = InpaintUNet(ExpCfg.from_dict(raw).unet_config())
-    model.load_state_dict(ck["ema" if use_ema else "model"])
+    try:
+        model.load_state_dict(ck["ema" if use_ema else "model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+        raise RuntimeError(f"{paths.ckpt} does not fit the architecture of {paths.config} "
+                           f"(arm {raw.get('arm')}, size {raw.get('size')}): {first}") from None
     return model.to(device).eval().requires_grad_(False), int(ck["step"])
 
 
@@ -414,10 +423,39 @@ def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_
         raise TypeError(f"run() needs an ExpCfg from config.resolve(), got {type(cfg).__name__}")
     dist = _Dist()
     paths = records.RunPaths(Path(out_dir) / cfg.run_name)
-    if records.is_done(paths.dir):
+    chash = config_hash(cfg)
+    if records.is_done(paths.dir, chash):  # ForeignRun if the folder holds another config's finished run
         if dist.is_main:
             print(f"[skip] {paths.dir} is done (summary.json status=done)", file=sys.stderr)
         return paths.dir
+    _check_writable(Path(out_dir))
+    if dist.is_main and not dist.enabled:  # one process per run folder: a second one waits, then skips or resumes
+        with records.run_lock(paths.dir, echo=lambda m: print(m, file=sys.stderr)):
+            if records.is_done(paths.dir, chash):
+                print(f"[skip] {paths.dir} was finished by the process we waited for", file=sys.stderr)
+                return paths.dir
+            return _run_outer(cfg, paths, dist, out_dir, progress, stop_after, loss_hook)
+    return _run_outer(cfg, paths, dist, out_dir, progress, stop_after, loss_hook)
+
+
+class OutputNotWritable(OSError):
+    """The output folder cannot be created or written."""
+
+
+def _check_writable(out: Path) -> None:
+    """Fail once, clearly, before any work when ``out`` is not a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise OutputNotWritable(f"output folder {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritable(f"output folder {out} cannot be written ({exc.strerror or exc})") from None
+
+
+def _run_outer(cfg: ExpCfg, paths: records.RunPaths, dist: "_Dist", out_dir, progress, stop_after, loss_hook) -> Path:
     tr = cfg.train
     device = runtime.select_device(tr.device)
     if device.type == "cuda" and dist.enabled:
@@ -431,10 +469,11 @@ def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_
     except BaseException as exc:
         if dist.is_main and not isinstance(exc, KeyboardInterrupt):
             step = getattr(exc, "step", None)
-            records.write_json(paths.error, {
-                "error": f"{type(exc).__name__}: {exc}", "step": step,
-                "traceback": traceback.format_exc()[-4000:],
-            })
+            with contextlib.suppress(OSError):  # a folder that cannot be written must not hide the error
+                records.write_json(paths.error, {
+                    "error": f"{type(exc).__name__}: {exc}", "step": step,
+                    "traceback": traceback.format_exc()[-4000:],
+                })
         raise
     finally:
         dist.close()
@@ -509,6 +548,9 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         raise ValueError("the training split is empty")
     order = _Batches(n_train, cfg.seed)
     test_ds = _dataset(cfg, "test") if dist.is_main else None
+    final_set = None
+    if dist.is_main:  # bad test data is found now, not after training: decode and check every test item
+        final_set = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed, check_all=True)
     periodic = (load_eval_set(test_ds, min(ev.periodic_n, len(test_ds)), da.image_size, ev.mask_kind, ev.seed)
                 if dist.is_main and ev.periodic_n > 0 and tr.eval_every > 0 else None)
     latents = None
@@ -670,7 +712,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
 
     # final evaluation (rank 0)
     if dist.is_main:
-        es = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed)
+        es = final_set
         res, fills, per_image = evaluate_model(
             ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing, init=ev.init,
             strength=ev.strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir,

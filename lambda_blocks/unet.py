@@ -67,11 +67,12 @@ class UNetConfig:
     ffn_ratio: float | None = None
     mid_block: bool = False
     time_mult: int = 4
+    max_timestep: int = 1000  # timesteps are integers in [0, max_timestep) (the diffusion's T)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "mix_levels", tuple(self.mix_levels))
-        for key in ("image_channels", "res_blocks", "heads", "num_tokens", "context_dim", "time_mult"):
+        for key in ("image_channels", "res_blocks", "heads", "num_tokens", "context_dim", "time_mult", "max_timestep"):
             val = getattr(self, key)
             if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"UNetConfig.{key} must be a positive int, got {val!r}")
@@ -323,6 +324,15 @@ class InpaintUNet(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"expected one timestep per sample ({x.shape[0]}), got shape {tuple(t.shape)}")
+        if not torch.jit.is_tracing() and not t.is_meta:  # traced graphs stay data-independent
+            tf = t.detach().double()
+            if bool(((tf < 0) | (tf >= self.cfg.max_timestep) | (tf != tf.round())).any()):
+                raise ValueError(f"timesteps must be integers in [0, {self.cfg.max_timestep}), got "
+                                 f"{t.detach().cpu().tolist()[:8]}")
+        if context is not None and context.ndim == 3 and context.shape[1] == 0:
+            raise ValueError("context has L = 0 tokens: pass at least one token, or context=None")
         if context is None:
             context = self.make_context(x)
         temb = self.time_mlp(timestep_embedding(t, self.cfg.widths[0]).to(x.dtype))

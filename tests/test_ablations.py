@@ -89,22 +89,53 @@ def test_run_skip_resume_and_failure(tmp_path):
 
 
 def fixture_results(tmp_path: Path) -> Path:
-    """A small results folder written the way collect writes it."""
+    """A small results folder written the way collect writes it: learned runs of the dev recipe, one
+    eps-recipe run (convergence only), the classical floor, per-image rows, periodic evaluations."""
     rng = np.random.default_rng(0)
-    rows, curves = [], []
-    for arm in ("vanilla", "linear", "local_lambda", "lmi", "baseline", "moebius"):
+    rows, curves, per_image, evals = [], [], [], []
+    ids = [f"img/{i:06d}" for i in range(16)]
+    difficulty = rng.uniform(0.02, 0.2, 16)
+
+    def add(r, lp_shift):
+        rows.append(r)
+        for i, img in enumerate(ids):
+            per_image.append(dict(run_id=r["run_id"], tag=r["arm"], arm=r["arm"], size=r["size"], seed=r["seed"],
+                                  kind=r["kind"], space="pixel", image_size=32, id=img,
+                                  lpips=difficulty[i] + lp_shift + 0.002 * rng.normal(), psnr=25 - 20 * difficulty[i]))
+
+    for arm in ("vanilla", "linear", "local_lambda", "lmi"):
         for size, params in (("tiny", 4e5), ("small", 9e5)):
             for seed in (0, 1):
                 r = {c: None for c in RUN_COLUMNS}
                 r.update(run_id=f"{arm}-{size}-{seed}", status="done", arm=arm, size=size, seed=seed, preset="dev",
-                         image_size=32, params=params, macs=params * 100, psnr=20 + rng.normal(), ssim=0.6, lpips=0.2 + 0.01 * rng.normal(),
-                         kid=0.01, fid=50.0, n_eval_images=16, smoothness_gap=0.3 + 0.1 * rng.normal(), hardware="cpu-test")
-                rows.append(r)
+                         image_size=32, params=params, macs=params * 100, psnr=20 + rng.normal(), ssim=0.6,
+                         lpips=0.2 + 0.01 * rng.normal(), lpips_hole=0.25, kid=0.01, fid=50.0, n_eval_images=16,
+                         smoothness_gap=0.3 + 0.1 * rng.normal(), hardware="cpu-test", kind="model", prediction="v",
+                         loss_weighting="min_snr", space="pixel")
+                add(r, -0.01 if arm == "lmi" else 0.0)
                 curves += [dict(run_id=r["run_id"], arm=arm, size=size, seed=seed, step=s, loss=1 / (s + 1)) for s in range(0, 50, 5)]
+                if size == "tiny":
+                    evals += [dict(run_id=r["run_id"], tag=arm, arm=arm, size=size, seed=seed, prediction="v",
+                                   loss_weighting="min_snr", step=s, n=16, lpips=0.3 / s, lpips_hole=0.4 / s, fid=300 / s,
+                                   psnr_hole=10 + s / 100) for s in (250, 500, 750)]
+    eps = {c: None for c in RUN_COLUMNS}
+    eps.update(run_id="linear-eps", status="done", arm="linear", size="tiny", seed=0, preset="dev", image_size=32,
+               params=4e5, macs=4e7, lpips=0.9, n_eval_images=16, kind="model", prediction="eps", loss_weighting="none")
+    add(eps, 0.5)
+    evals += [dict(run_id="linear-eps", tag="linear", arm="linear", size="tiny", seed=0, prediction="eps",
+                   loss_weighting="none", step=s, n=16, lpips=0.9, lpips_hole=0.95, fid=400, psnr_hole=9) for s in (250, 500)]
+    for k, (method, lp) in enumerate((("mean", 0.05), ("biharmonic", 0.018), ("telea", 0.017), ("ns", 0.0175))):
+        r = {c: None for c in RUN_COLUMNS}
+        r.update(run_id=f"floor-{method}-dev-x{k}", status="done", arm=method, size="classical", seed=0, preset="dev",
+                 image_size=32, params=0, macs=0, lpips=lp, lpips_hole=lp * 1.2, psnr=28 - k, fid=100 + 10 * k,
+                 n_eval_images=16, kind="floor", space="pixel")
+        add(r, lp - float(difficulty.mean()))
     res = tmp_path / "results"
     res.mkdir()
     pd.DataFrame(rows, columns=RUN_COLUMNS).to_csv(res / "runs.csv", index=False)
     pd.DataFrame(curves, columns=CURVE_COLUMNS).to_csv(res / "curves.csv", index=False)
+    pd.DataFrame(per_image).to_csv(res / "per_image.csv", index=False)
+    pd.DataFrame(evals).to_csv(res / "evals.csv", index=False)
     prof = []
     for var in ("vanilla", "lmi"):
         for s in (16, 32, 64):
@@ -116,9 +147,9 @@ def fixture_results(tmp_path: Path) -> Path:
                          macs=1e8, latency_ms_median=5.0, peak_mem_mb=10.0, device="cpu", dtype="float32", hardware="cpu-test"))
     pd.DataFrame(prof).to_csv(res / "profile.csv", index=False)
     (res / "samples").mkdir()
-    for arm in ("vanilla", "lmi"):
+    for run_id in ("vanilla-tiny-0", "lmi-tiny-0", "floor-biharmonic-dev-x1"):
         z = {k: rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8) for k in ("masked", "fill", "target")}
-        np.savez(res / "samples" / f"{arm}-tiny-s0.npz", **z)
+        np.savez(res / "samples" / f"{run_id}.npz", **z)
     return res
 
 
@@ -128,13 +159,24 @@ def test_figures_regenerate_from_fixture_results(tmp_path):
     written = regenerate(res, figs, assets, "dev")
     names = {p.name for p in written}
     for stem in ("quality_vs_size_lpips", "quality_vs_size_psnr", "cost_vs_resolution", "training_curves",
-                 "smoothness_gap", "qualitative"):
+                 "qualitative", "convergence"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names, stem
     table = (assets / "table2_ablation.md").read_text()
-    assert "Moebius" in table and "16 test images" in table and "cpu-test" in table
+    assert "Moebius" in table and "[run: lmi]" in table and "16 test images" in table and "cpu-test" in table
+    assert "floor: biharmonic" in table and "floor: Telea" in table  # the floor is in every quality table
     assert "\\begin{tabular}" in (assets / "table2_ablation.tex").read_text()
+    quality = (assets / "quality_vs_size.md").read_text()
+    assert "floor: mean colour" in quality and "0.018" in quality
+    lin = [ln for ln in quality.splitlines() if ln.startswith("| Linear attn (= baseline) | tiny |")]
+    assert len(lin) == 1 and lin[0].endswith("| 2 |")  # the eps-recipe run is a convergence variant, not a row
+    paired = pd.read_csv(assets / "paired_quality.csv")
+    lmi_vs_lin = paired[(paired["arm"] == "lmi") & (paired["ref"] == "linear") & (paired["metric"] == "lpips")
+                        & (paired["size"] == "tiny")].iloc[0]
+    assert lmi_vs_lin["lo"] < -0.01 + 0.003 and lmi_vs_lin["hi"] > -0.01 - 0.003 and lmi_vs_lin["verdict"].startswith("lmi")
+    assert (paired["ref"] == "biharmonic").any()
     slopes = (assets / "scaling_slopes.md").read_text()
     assert "2.00" in slopes and "1.00" in slopes  # vanilla quadratic, lmi linear in the fixture
+    assert not (res / "seed_summary.csv").exists()  # figures never write into results/
     # deterministic: regenerating gives byte-identical PDFs
     before = (figs / "cost_vs_resolution.pdf").read_bytes()
     regenerate(res, figs, assets, "dev")

@@ -59,7 +59,7 @@ def test_new_sections_keep_old_run_names():
     assert d["latent"] == json.loads(json.dumps(LatentCfg().__dict__)) and d["kd"]["enabled"] is False
     legacy = {k: v for k, v in d.items() if k not in ("latent", "kd")}
     assert config_hash(cfg) == config_hash(legacy)
-    assert cfg.run_name == "lmi-dev-tiny-s0-010affe967"  # the committed dev run of this config
+    assert config_hash(cfg) == config_hash(resolve("dev", arm="moebius"))  # one network, one run
     kd = kd_cfg()
     assert config_hash(kd) != config_hash({k: v for k, v in kd.to_dict().items() if k != "kd"})
 
@@ -86,9 +86,9 @@ def test_config_errors_name_the_problem():
 def test_no_kd_student_ignores_teacher_settings():
     a = resolve_distill("dev", "moebius", kd=False)
     assert a.kd == KDCfg() and a.latent.space == "latent" and a.data.image_size == 64
-    assert a.run_name.startswith("moebius-latent-dev-tiny-s0-")
+    assert a.run_name.startswith("lmi-latent-dev-tiny-s0-")  # moebius is the lmi network: one name
     b = resolve_distill("dev", "moebius", kd=True)
-    assert b.kd.teacher_size == DISTILL_PRESETS["dev"]["kd.teacher_size"] and b.run_name.startswith("moebius-latent-kd-")
+    assert b.kd.teacher_size == DISTILL_PRESETS["dev"]["kd.teacher_size"] and b.run_name.startswith("lmi-latent-kd-")
     t = b.teacher_config()
     assert (t.arm, t.size, t.kd.enabled, t.latent.space) == ("vanilla", "base", False, "latent")
     assert t.train.steps == DISTILL_PRESETS["dev"]["kd.teacher_overrides"]["train.steps"]

@@ -69,7 +69,7 @@ def test_distillation_notebook_smoke(tmp_path):
             "kd.teacher_size": "tiny", "kd.teacher_overrides": {"train.steps": 3}}
     nb = _run("40_distillation", tmp_path, preset="smoke", arm="moebius", size="tiny", seed=0, kd=True,
               weighting="adaptive", out_root=str(tmp_path / "runs"), overrides=json.dumps(fast))
-    (run_dir,) = [p for p in (tmp_path / "runs").glob("moebius-latent-kd-*") if p.is_dir()]
+    (run_dir,) = [p for p in (tmp_path / "runs").glob("lmi-latent-kd-*") if p.is_dir()]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["kd"] is True and summary["space"] == "latent"
     assert (tmp_path / "runs" / summary["teacher_run"] / "summary.json").exists()

@@ -143,3 +143,21 @@ def test_import_changes_no_global_torch_setting():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_aliased_arms_are_one_network_trained_once():
+    """Arms that build the same network share one canonical name, one config and one run folder."""
+    from lambda_blocks.config import resolve
+    from lambda_blocks.unet import ARM_ALIASES, ARMS, arm_names, canonical_arm
+
+    assert canonical_arm("moebius") == "lmi" and canonical_arm("baseline") == "linear"
+    assert canonical_arm("swap_self") == "local_lambda" and canonical_arm("swap_cross") == "interactive_lambda"
+    for arm, canon in ARM_ALIASES.items():
+        assert ARMS[arm] == ARMS[canon]
+        assert ARMS[canon] not in [ARMS[a] for a in list(ARMS)[: list(ARMS).index(canon)]]
+        assert resolve("smoke", arm=arm).run_name == resolve("smoke", arm=canon).run_name
+    distinct = {a for a in ARMS if canonical_arm(a) == a}
+    assert len({tuple(sorted(ARMS[a].items())) for a in distinct}) == len(distinct)  # no two left alike
+    assert arm_names("lmi") == ["lmi", "moebius"]
+    with pytest.raises(KeyError, match="unknown arm"):
+        canonical_arm("nope")

@@ -174,6 +174,8 @@ class TokenMixer(nn.Module):
                 raise ValueError(
                     f"{self.name}: context must be (B, L, C_ctx) with B={x.shape[0]}, got {tuple(context.shape)}"
                 )
+            if context.shape[1] == 0:
+                raise ValueError(f"{self.name}: context has L = 0 tokens; pass at least one token")
             if context.shape[-1] != self.context_dim:
                 raise ValueError(f"{self.name}: context has {context.shape[-1]} channels, expected {self.context_dim}")
 
