@@ -33,8 +33,15 @@ def cmd_run(args) -> int:
 def cmd_collect(args) -> int:
     from .collect import collect
 
+    from .collect import WouldDropRows
+
     d = dirs(args.preset, args.runs)
-    out = collect(d["runs"], d["results"])
+    mode = "merge" if args.merge else "replace" if args.replace else "refuse"
+    try:
+        out = collect(d["runs"], d["results"], mode=mode)
+    except WouldDropRows as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(", ".join(f"{k}: {len(v)} rows" for k, v in out.items()), "->", d["results"])
     return 0
 
@@ -63,7 +70,7 @@ def cmd_study(args) -> int:
         jobs = 1 if sweep == "resolution.yaml" else args.jobs
         results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=jobs)
         failed += sum(r["status"] == "failed" for r in results)
-    collect(d["runs"], d["results"])
+    collect(d["runs"], d["results"], mode="merge")  # a study adds to what is recorded, never drops
     for nb in FIGURE_NOTEBOOKS:
         out = d["runs"] / "notebooks" / Path(nb).name
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("collect", help="run folders -> results/<preset>/*.csv")
     p.add_argument("--preset", choices=PRESETS, default="smoke")
     p.add_argument("--runs", default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--merge", action="store_true", help="keep recorded runs that the runs folder does not hold")
+    g.add_argument("--replace", action="store_true", help="drop recorded runs that the runs folder does not hold")
     p.set_defaults(fn=cmd_collect)
     p = sub.add_parser("figures", help="results/<preset>/*.csv -> figures/<preset>, paper_assets/<preset>")
     p.add_argument("--preset", choices=PRESETS, default="dev")
@@ -97,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None)
     p.set_defaults(fn=cmd_study)
     args = ap.parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     return args.fn(args)
 
 

@@ -56,7 +56,23 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
 
 
-def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.DataFrame]:
+MODES = ("refuse", "merge", "replace")
+
+
+class WouldDropRows(RuntimeError):
+    """``collect`` would remove recorded runs from ``results/`` that the runs folder cannot rebuild."""
+
+
+def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse") -> dict[str, pd.DataFrame]:
+    """Collect ``runs_root`` into ``results_dir``.
+
+    ``mode``: what to do with runs recorded in ``results_dir/runs.csv`` that are not in
+    ``runs_root`` (a runs folder of another machine, a deleted run): ``refuse`` (default) raises
+    ``WouldDropRows`` naming them and writes nothing; ``merge`` keeps their rows in every table;
+    ``replace`` drops them.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown collect mode {mode!r}; choose one of {MODES}")
     runs_root, results_dir = Path(runs_root), Path(results_dir)
     rows, curves, profiles, kd_rows, eval_rows, per_image = [], [], [], [], [], []
     samples_dir = results_dir / "samples"
@@ -137,6 +153,23 @@ def collect(runs_root: Path | str, results_dir: Path | str) -> dict[str, pd.Data
         prof = pd.concat(profiles, ignore_index=True)
         key = [k for k in PROFILE_KEY if k in prof]
         out["profile"] = prof.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+    old_runs = results_dir / "runs.csv"
+    if mode != "replace" and old_runs.exists() and old_runs.stat().st_size:
+        old_ids = set(pd.read_csv(old_runs)["run_id"].astype(str))
+        lost = sorted(old_ids - set(out["runs"]["run_id"].astype(str)))
+        if lost and mode == "refuse":
+            raise WouldDropRows(
+                f"collecting {runs_root} into {results_dir} would drop {len(lost)} recorded run(s) that {runs_root} "
+                f"does not hold (e.g. {lost[:3]}): pass --merge to keep them or --replace to drop them")
+        if lost:  # merge: the recorded rows of runs that are not here stay
+            for name in ("runs", "curves", "kd_log", "evals", "per_image"):
+                path = results_dir / f"{name}.csv"
+                if path.exists() and path.stat().st_size:
+                    old = pd.read_csv(path)
+                    keep = old[old["run_id"].astype(str).isin(lost)]
+                    if len(keep):
+                        out[name] = pd.concat([out.get(name, pd.DataFrame(columns=old.columns)), keep],
+                                              ignore_index=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     for name, df in out.items():
         _write_csv(df, results_dir / f"{name}.csv")

@@ -125,13 +125,13 @@ def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path,
         run_dir = Path(planned_distill_dir(preset=preset, out=out_root, **params))
     else:
         run_dir = out_root / f"{sweep.name}-{_hash({'preset': preset, **params})}"
-    summary = run_dir / "summary.json"
-    done = False
-    if summary.exists():
-        try:
-            done = json.loads(summary.read_text()).get("status") == "done"
-        except json.JSONDecodeError:
-            done = False
+    from lambda_blocks.records import ForeignRun, is_done
+
+    expect = run_dir.name.rsplit("-", 1)[-1] if sweep.kind in ("train", "distill", "floor") else None
+    try:
+        done = is_done(run_dir, expect)
+    except ForeignRun:
+        done = False  # executing it fails with the clear error of train.run, recorded in error.json
     return run_dir, done
 
 
@@ -189,16 +189,23 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
     sweep = load_sweep(path)
     out_root = Path(out_root)
     points = sweep.points(preset)
-    planned = [(p, *plan(sweep, p, preset, out_root)) for p in points]
+    planned, seen = [], {}
+    for p in points:  # aliased arms (moebius = lmi, ...) plan the same run folder: run it once
+        run_dir, done = plan(sweep, p, preset, out_root)
+        if run_dir in seen:
+            echo(f"same run as {json.dumps(seen[run_dir], sort_keys=True)}: {json.dumps(p, sort_keys=True)}")
+            continue
+        seen[run_dir] = p
+        planned.append((p, run_dir, done))
     if dry_run:
         for p, run_dir, done in planned:
             echo(f"{'done ' if done else 'todo '} {run_dir.name:<48} {json.dumps(p, sort_keys=True)}")
-        echo(f"{sweep.name}: {len(points)} runs, {sum(d for *_, d in planned)} finished")
+        echo(f"{sweep.name}: {len(planned)} runs, {sum(d for *_, d in planned)} finished")
         return [dict(params=p, run_dir=str(r), status="done" if d else "planned") for p, r, d in planned]
     todo = [(p, r) for p, r, d in planned if not d]
     results = [dict(params=p, run_dir=str(r), status="skipped") for p, r, d in planned if d]
     if not todo:
-        echo(f"{sweep.name}: all {len(points)} runs already finished")
+        echo(f"{sweep.name}: all {len(planned)} runs already finished")
         return results
     if jobs > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))

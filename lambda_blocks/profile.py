@@ -105,6 +105,10 @@ def _validate(args, ap: argparse.ArgumentParser) -> None:
         bad = [a for a in args.attn if a not in list_attention()]
         if bad:
             ap.error(f"unknown attention variant(s) {bad}; registered: {', '.join(list_attention())}")
+    try:
+        P.read_rows(args.out)
+    except P.NotAProfileTable as exc:
+        ap.error(str(exc))
     for name in ("width", "batch", "context_len", "min_reps"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")

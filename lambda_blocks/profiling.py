@@ -592,31 +592,44 @@ def row_key(row: Mapping) -> tuple:
     return tuple("" if row.get(k) is None else str(row.get(k)) for k in KEY_COLUMNS)
 
 
+class NotAProfileTable(ValueError):
+    """``--out`` points at a file that is not a profile table (it is never overwritten)."""
+
+
 def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of an existing profile CSV ([] when there is none). A file that is not a profile table
+    (no header, or one without the key columns) raises ``NotAProfileTable``: it is never replaced."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    if os.path.isdir(path):
+        raise NotAProfileTable(f"{path} is a folder, not a profile table (.csv)")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise NotAProfileTable(f"{path} is not a profile table ({exc}); refusing to overwrite it") from None
+    need = {"kind", "variant", "height", "width", "pass"}
+    if os.path.getsize(path) and not need <= set(header):
+        raise NotAProfileTable(f"{path} is not a profile table (its header lacks {sorted(need - set(header))}); "
+                               "refusing to overwrite it: choose another --out")
+    return rows
 
 
 def write_rows_atomic(path: str | os.PathLike, rows: Sequence[Mapping], columns: Sequence[str] = CSV_COLUMNS) -> None:
-    """Write ``rows`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write ``rows`` to ``path`` atomically (``records.atomic_write_text``, the package's one writer)."""
+    import io
+
+    from .records import atomic_write_text
+
     extra = sorted({k for r in rows for k in r} - set(columns))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns) + extra, extrasaction="ignore")
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(columns) + extra, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write_text(os.fspath(path), buf.getvalue())
 
 
 def merge_rows(path: str | os.PathLike, new_rows: Sequence[Mapping], columns: Sequence[str] = CSV_COLUMNS) -> list[dict]:

@@ -230,7 +230,8 @@ def _preload(ds, cache_dir: Path | None, cfg: ExpCfg) -> torch.Tensor:
 
     d = cfg.data
     src = hashlib.sha1(Path(data_mod.__file__).read_bytes()).hexdigest()[:12]
-    key = hashlib.sha1(json.dumps([d.dataset, d.root, d.image_size, d.n_train, d.seed, len(ds), src]).encode())
+    key = hashlib.sha1(json.dumps([d.dataset, d.root, d.image_size, d.n_train, d.seed, len(ds), src,
+                                   _files_fingerprint(ds)]).encode())
     path = cache_dir / f"train-{key.hexdigest()[:16]}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -241,6 +242,20 @@ def _preload(ds, cache_dir: Path | None, cfg: ExpCfg) -> torch.Tensor:
     if path is not None:
         records.save_checkpoint(path, {"images": images})
     return images
+
+
+def _files_fingerprint(ds) -> str | None:
+    """What a folder data set reads: every image (and mask) file's name, size and mtime, so that a
+    cache built from other files with the same names and count is never reused. None for the
+    embedded sets (they are fixed by the installed packages and data.py, already in the key)."""
+    files = list(getattr(ds, "images", {}).values()) + list((getattr(ds, "masks", None) or {}).values())
+    if not files:
+        return None
+    h = hashlib.sha1()
+    for f in sorted(map(str, files)):
+        st = os.stat(f)
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 class _Batches:
@@ -784,7 +799,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     progress = False if args.no_progress else (True if args.progress else None)
     t0 = time.time()
-    run_dir = run(cfg, args.out, progress=progress)
+    from .evaluate import BadTestData
+
+    try:
+        run_dir = run(cfg, args.out, progress=progress)
+    except (OutputNotWritable, records.ForeignRun, BadTestData) as exc:  # one clear line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         summary = records.read_json(records.RunPaths(run_dir).summary) or {}
         keys = ("psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "fid", "kid", "smoothness_gap", "params",

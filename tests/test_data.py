@@ -289,7 +289,9 @@ def test_make_dataset(folder, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="root"):
         D.make_dataset("folder", "train")
     img_root, mask_root = folder
-    fd = D.make_dataset("folder", "test", size=16, root=img_root, mask_root=mask_root, n=2)
+    with pytest.raises(ValueError, match="no test/ subfolder"):  # a flat folder would be both splits
+        D.make_dataset("folder", "test", size=16, root=img_root, mask_root=mask_root, n=2)
+    fd = D.make_dataset("folder", "test", size=16, root=img_root, mask_root=mask_root, n=2, allow_flat=True)
     assert len(fd) == 2 and fd[1]["mask"].shape == (1, 16, 16)
     split_root = tmp_path / "places"
     _save(split_root / "train" / "t.png", np.zeros((8, 8, 3), np.uint8))

@@ -76,6 +76,12 @@ def _fft_size(n: int) -> int:
         n += 1
 
 
+def _exporting() -> bool:
+    """Inside ``torch.jit.trace`` / ONNX export: plain ops only (no custom autograd Function, no FFT),
+    so traced graphs, plain fvcore counts and exported models see ordinary convolutions and einsums."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: int, w: int, impl: str) -> torch.Tensor:
     """Position lambdas by a lambda convolution.
 
@@ -102,8 +108,8 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     pad = r // 2
     if impl == "auto":
         impl = "rfft" if r >= 9 else "conv2d"
-    if impl == "rfft" and explicit_ops_enabled():
-        impl = "conv2d"
+    if impl == "rfft" and (explicit_ops_enabled() or _exporting()):
+        impl = "conv2d"  # the same numbers by the direct convolution: countable, traceable, ONNX-exportable
     if impl == "rfft":
         img = rearrange(v, "b u v (x y) -> (b v) u x y", x=h, y=w)
         dtype = torch.promote_types(img.dtype, torch.float32)
@@ -179,7 +185,7 @@ def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     ``explicit_ops()`` (so MAC counters see it); otherwise a custom autograd
     Function with k / v / |h| fused multiply-add passes (the fast CPU form).
     """
-    if explicit_ops_enabled():
+    if explicit_ops_enabled() or _exporting():
         return torch.einsum("bhkn,bkvn->bhvn", q, lam)
     dtype = torch.promote_types(q.dtype, lam.dtype)
     return _ApplyLambdas.apply(q.to(dtype), lam.to(dtype))
