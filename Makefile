@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
 
-.PHONY: venv study demo test test-slow figures profile clean-runs
+.PHONY: venv study demo test test-slow figures profile bench-unet gpu-check clean-runs
 venv: $(STAMP)
 
 study: $(STAMP)
@@ -39,6 +39,12 @@ figures: $(STAMP)
 
 profile: $(STAMP)
 	$(PY) -m lambda_blocks.profile --attn vanilla linear local_lambda interactive_lambda lmi --sizes 16 32 64 128 --width 64 --out results/profile.csv
+
+bench-unet: $(STAMP)
+	$(PY) benchmarks/bench_unet.py
+
+gpu-check: $(STAMP)
+	PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean-runs:
 	rm -rf runs

@@ -178,7 +178,9 @@ def test_lambda_conv_float32_and_auto_dispatch(monkeypatch):
     monkeypatch.setattr(torch.fft, "rfft2", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
         lambda_conv(v, wt, None, 20, 20, "auto")
-    assert calls, "r >= 9 uses rfft (in inference and in training alike)"
+    assert not calls, "forward-only passes use conv2d (faster without a backward)"
+    lambda_conv(v, wt.clone().requires_grad_(True), None, 20, 20, "auto")
+    assert calls, "r >= 9 with gradients uses rfft"
     calls.clear()
     lambda_conv(v, torch.randn(16, 1, 7, 7, requires_grad=True), None, 20, 20, "auto")
     assert not calls, "small kernels use conv2d"

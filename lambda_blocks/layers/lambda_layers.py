@@ -90,11 +90,13 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         weight: kernel (k, u, r, r), shared over the v axis.
         bias: (k,) or None.
         impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``auto`` (same result, different kernels).
-            ``auto`` is ``rfft`` for r >= 9 and ``conv2d`` for smaller kernels, the faster of the two
-            on CPU (benchmarks/bench_lambda_conv.py, width 64, r = 15, 32..128 px: forward+backward
-            rfft 2-4.5x faster than conv2d; forward within noise of each other (0.6-1.4x across
-            runs); r <= 7: conv2d faster in both). It depends on r only, so train and eval modes
-            compute the same numbers.
+            ``auto`` picks per pass, the faster of the two on CPU: ``rfft`` for r >= 9 when a
+            backward pass follows (benchmarks/bench_lambda_conv.py, width 64, r = 15, 32..128 px:
+            forward+backward rfft 2-4.5x faster than conv2d), ``conv2d`` for forward-only passes
+            (sampling, evaluation: the lmi tiny U-Net forward at batch 16, 32 px, 1 thread was 1.4x
+            faster with conv2d, 0.95 s against 1.31 s) and for r <= 7 (faster in both). The two
+            agree to ~1e-6 relative in float32, so a training forward and an evaluation forward of
+            the same weights differ at that level.
             ``rfft`` multiplies real 2-D FFTs of the zero-padded maps and kernels (exact linear
             correlation up to rounding, ~1e-6 relative in float32); it computes in float32 at least.
             Inside ``explicit_ops()`` it runs as ``conv2d`` so MAC counters see the direct
@@ -106,8 +108,9 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b, u, dv, n = v.shape
     k, r = int(weight.shape[0]), int(weight.shape[-1])  # python ints (also under jit tracing)
     pad = r // 2
-    if impl == "auto":
-        impl = "rfft" if r >= 9 else "conv2d"
+    if impl == "auto":  # measured per pass: rfft wins when a backward follows, conv2d forward-only
+        needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
+        impl = "rfft" if (r >= 9 and needs_grad) else "conv2d"
     if impl == "rfft" and (explicit_ops_enabled() or _exporting()):
         impl = "conv2d"  # the same numbers by the direct convolution: countable, traceable, ONNX-exportable
     if impl == "rfft":
@@ -202,7 +205,7 @@ class LocalLambda(TokenMixer):
         dim_u: intra-depth u.
         r: scope of the lambda convolution (odd).
         norm: normalisation of queries and values: ``layer`` (default), ``group``, ``batch`` (paper), ``none``.
-        lambda_conv: ``auto`` (default: ``rfft`` for r >= 9, else ``conv2d``), ``conv2d``,
+        lambda_conv: ``auto`` (default: ``rfft`` for r >= 9 when gradients flow, else ``conv2d``), ``conv2d``,
             ``conv3d``, ``unfold`` or ``rfft`` (see `lambda_conv`).
         pos_bias: learn a bias per k in the position convolution (as Moebius does).
 

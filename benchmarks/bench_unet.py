@@ -1,0 +1,162 @@
+"""U-Net arms side by side: forward (batch 1) and training step (batch B), fp32 and bf16 autocast.
+
+    python benchmarks/bench_unet.py                                   # CPU, 1 thread, 32 and 64 px
+    python benchmarks/bench_unet.py --device cuda --sizes 64 128 256 --batch 32 --rounds 5
+
+Every (arm, side, pass, dtype) is timed in interleaved rounds (one call of each per round, the
+median over rounds), so the ratios printed at the end compare numbers measured under the same load:
+``moebius`` (LλMI + DW) against ``baseline`` (linear attention, dense) per side, pass and dtype,
+with the achieved GMAC/s of each (MACs from ``profiling.torch_macs``, attention and lambda einsums
+included). bf16 rows also state the max relative error of a forward against fp32 on the same
+weights. A training step is the package's objective (``Diffusion.training_loss`` with the dev
+recipe) + backward + AdamW step, the work of one step of ``lambda_blocks.train``.
+
+Writes ``results/unet_bench-<device>-<hardware>-pt<torch>-t<threads>.csv`` (tidy, one row per
+measurement; atomic). On CUDA the timer is CUDA events (``profiling.latency`` dispatch) and bf16 is
+``torch.autocast("cuda", torch.bfloat16)``; on CPU ``torch.autocast("cpu", torch.bfloat16)``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from lambda_blocks import profiling as P  # noqa: E402
+from lambda_blocks.diffusion import Diffusion  # noqa: E402
+from lambda_blocks.records import atomic_write_text  # noqa: E402
+from lambda_blocks.runtime import select_device  # noqa: E402
+from lambda_blocks.unet import ARMS, SIZES, build_unet  # noqa: E402
+
+DTYPES = ("fp32", "bf16")
+PASSES = ("fwd", "train_step")
+
+
+def autocast(device: torch.device, dtype: str):
+    """The autocast context of a dtype on a device (fp32: disabled)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+
+
+def make_calls(arm: str, size: str, side: int, batch: int, device: torch.device, dtype: str, seed: int = 0):
+    """(forward fn, train-step fn, model) for one arm; deterministic inputs."""
+    torch.manual_seed(seed)
+    net = build_unet(arm, size).to(device)
+    with torch.no_grad():  # a non-trivial output (conv_out starts at zero)
+        torch.nn.init.normal_(net.conv_out.weight, std=0.02)
+    x1, t1 = P.unet_inputs(net, side, side, 1, device=device, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    c = net.cfg.image_channels
+    x0 = (torch.rand(batch, c, side, side, generator=g) * 2 - 1).to(device)
+    mask = (torch.rand(batch, 1, side, side, generator=g) > 0.6).float().to(device)
+    noise = torch.randn(batch, c, side, side, generator=g).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    diff = Diffusion(prediction="v", loss_weighting="min_snr")
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def fwd():
+        with torch.no_grad(), autocast(device, dtype):
+            return net(x1, t1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            loss = diff.training_loss(net, x0, mask, t, noise)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return fwd, step, net
+
+
+def bf16_error(arm: str, size: str, side: int, device: torch.device) -> float:
+    """Max |bf16 - fp32| / max |fp32| of one forward on the same weights and input."""
+    f32, _, _ = make_calls(arm, size, side, 1, device, "fp32")
+    b16, _, _ = make_calls(arm, size, side, 1, device, "bf16")
+    a, b = f32().float(), b16().float()
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def run(arms, size: str, sides, batch: int, device: torch.device, rounds: int, dtypes, passes,
+        min_run_time: float) -> pd.DataFrame:
+    rows = []
+    for side in sides:
+        fns, macs, errs = {}, {}, {}
+        for arm in arms:
+            net = None
+            for dtype in dtypes:
+                fwd, step, net = make_calls(arm, size, side, batch, device, dtype)
+                if "fwd" in passes:
+                    fns[(arm, "fwd", dtype)] = fwd
+                if "train_step" in passes:
+                    fns[(arm, "train_step", dtype)] = step
+            cpu_net = build_unet(arm, size).eval()
+            macs[arm] = int(P.torch_macs(cpu_net, P.unet_inputs(cpu_net, side, side, 1)))
+            if "bf16" in dtypes:
+                errs[arm] = bf16_error(arm, size, side, device)
+        keyed = {"|".join(k): f for k, f in fns.items()}
+        timings = P.interleaved_latency(keyed, rounds=rounds, min_run_time=min_run_time, device=device)
+        for key, tm in timings.items():
+            arm, pas, dtype = key.split("|")
+            n = 1 if pas == "fwd" else batch
+            work = macs[arm] * n * (1 if pas == "fwd" else 3)  # a backward costs about two forwards
+            rows.append(dict(arm=arm, size=size, side=side, batch=n, **{"pass": pas}, dtype=dtype,
+                             latency_ms=tm.median_ms, iqr_ms=tm.iqr_ms, reps=tm.reps, macs_per_sample=macs[arm],
+                             gmac_per_s=work / (tm.median_ms / 1e3) / 1e9,
+                             images_per_s=n / (tm.median_ms / 1e3),
+                             bf16_max_rel_err=errs.get(arm) if dtype == "bf16" else None,
+                             method=tm.method, threads=tm.threads, device=device.type,
+                             hardware=P.hardware_name(device), torch_version=torch.__version__))
+    return pd.DataFrame(rows)
+
+
+def ratios(df: pd.DataFrame, a: str = "moebius", b: str = "baseline") -> pd.DataFrame:
+    """time(b) / time(a) per side, pass, dtype (> 1: a faster), and each arm's bf16 speed-up."""
+    out = []
+    for (side, pas, dtype), g in df.groupby(["side", "pass", "dtype"]):
+        ta = g.loc[g["arm"] == a, "latency_ms"]
+        tb = g.loc[g["arm"] == b, "latency_ms"]
+        if len(ta) and len(tb):
+            out.append(dict(side=side, **{"pass": pas}, dtype=dtype, **{f"{b}_over_{a}": float(tb.iloc[0] / ta.iloc[0])}))
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arms", nargs="+", default=["baseline", "moebius"], choices=list(ARMS))
+    ap.add_argument("--size", default="tiny", choices=list(SIZES))
+    ap.add_argument("--sizes", dest="sides", nargs="+", type=int, default=[32, 64])
+    ap.add_argument("--batch", type=int, default=8, help="training-step batch")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-run-time", type=float, default=0.2)
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="CSV (default results/unet_bench-<tag>.csv)")
+    args = ap.parse_args(argv)
+    if args.batch < 1 or args.rounds < 1 or any(s < 1 for s in args.sides):
+        ap.error("--batch, --rounds and --sizes must be >= 1")
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    header("U-Net arms side by side", str(device))
+    df = run(args.arms, args.size, args.sides, args.batch, device, args.rounds, args.dtypes, args.passes,
+             args.min_run_time)
+    out = args.out or os.path.join(ROOT, "results", f"unet_bench-{tag(device.type)}.csv")
+    atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
+    cols = ["arm", "side", "batch", "pass", "dtype", "latency_ms", "gmac_per_s", "images_per_s", "bf16_max_rel_err"]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    r = ratios(df, args.arms[-1], args.arms[0])
+    if len(r):
+        print(f"\n# time({args.arms[0]}) / time({args.arms[-1]}) (> 1: {args.arms[-1]} faster), same run:")
+        print(r.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
