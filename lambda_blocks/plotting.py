@@ -122,6 +122,7 @@ def attach_latency(runs: pd.DataFrame, profile: pd.DataFrame | None) -> pd.DataF
     """Add ``latency_ms`` and ``peak_mem_mb`` of each run's U-Net (forward, batch 1) from profile.csv."""
     runs = runs.copy()
     runs["latency_ms"], runs["peak_mem_mb"] = np.nan, np.nan
+    runs["latency_hardware"] = None
     if profile is None or profile.empty or "kind" not in profile:
         return runs
     prof = profile[(profile["kind"] == "unet") & (profile["pass"] == "fwd")]
@@ -132,6 +133,9 @@ def attach_latency(runs: pd.DataFrame, profile: pd.DataFrame | None) -> pd.DataF
         if len(hit):
             runs.loc[i, "latency_ms"] = hit["latency_ms_median"].iloc[-1]
             runs.loc[i, "peak_mem_mb"] = hit["peak_mem_mb"].iloc[-1]
+            if "hardware" in hit:
+                runs.loc[i, "latency_hardware"] = str(hit["hardware"].iloc[-1]) + (
+                    f" x{int(float(hit['threads'].iloc[-1]))} thread(s)" if "threads" in hit and pd.notna(hit["threads"].iloc[-1]) else "")
     return runs
 
 
@@ -532,10 +536,17 @@ def caption_for(runs: pd.DataFrame, preset: str) -> str:
     n_img = int(done["n_eval_images"].max()) if "n_eval_images" in done and len(done) else 0
     res = int(done["image_size"].max()) if "image_size" in done and len(done) else 0
     hw = ", ".join(sorted(set(map(str, done.get("hardware", pd.Series(dtype=str)).dropna())))) or "unknown hardware"
+    lat_hw = ", ".join(sorted(set(map(str, done.get("latency_hardware", pd.Series(dtype=str)).dropna()))))
     seeds = int(done.groupby(["arm", "size"])["seed"].nunique().max()) if len(done) else 0
-    return (f"Preset `{preset}`: {res}x{res} crops of the embedded test split, {n_img} test images with fixed masks, "
-            f"mean ± std over {seeds} seed(s); no distillation (KD). Latency: U-Net forward at batch 1 on {hw}.")
-
+    recipe = preset_recipe(preset)
+    steps = sorted(set(int(s) for s in done["steps"].dropna())) if "steps" in done else []
+    lat = (f"Latency / peak memory: U-Net forward at batch 1 from the profile sweep on {lat_hw}." if lat_hw
+           else "Latency: not profiled for these runs.")
+    return (f"Preset `{preset}`: {res}x{res} crops of the embedded test split, {n_img} test images with fixed masks "
+            f"(the same for every row, the classical floor included), mean ± std over up to {seeds} seed(s); "
+            f"{recipe_label(recipe['prediction'], recipe['loss_weighting'])} training"
+            + (f", {'/'.join(map(str, steps))} steps" if steps else "") + f", trained on {hw}; no distillation (KD). "
+            + lat)
 
 
 def fig_run_curves(rows: list[dict], out_dir, name: str = "curves") -> list[Path]:

@@ -54,7 +54,7 @@ def test_train_notebook_smoke(tmp_path):
             "eval.periodic_n": 2, "eval.n_grid": 2, "data.n_train": 32}
     _run("10_train_inpaint", tmp_path, preset="smoke", arm="lmi", size="tiny", seed=0, out_root=str(tmp_path / "runs"),
          overrides=json.dumps(fast))
-    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps"] == 4 and summary["arm"] == "lmi"
     assert summary["psnr"] > 0 and (run_dir / "samples.png").exists() and (run_dir / "curves.png").exists()
