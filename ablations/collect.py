@@ -93,6 +93,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                    seed=config.get("seed", params.get("seed")), preset=config.get("preset", params.get("preset")))
         row.update({k: v for k, v in summary.items() if k in RUN_COLUMNS})
         row.update({k: env.get(k) for k in ("device", "threads", "hardware", "torch_version", "git_sha") if env.get(k) is not None})
+        if row["image_size"] is None and isinstance(config.get("data"), dict):  # unfinished: from the config
+            row["image_size"] = config["data"].get("image_size")
         row["kind"] = config.get("kind", "model")
         if row["kind"] == "model" and config:
             dif, ev, tr = config.get("diffusion") or {}, config.get("eval") or {}, config.get("train") or {}

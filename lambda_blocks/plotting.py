@@ -42,7 +42,7 @@ PALETTE = {
     "interactive_lambda": "#8172B3",
     "lmi": "#C44E52",
 }
-FLOOR_STYLE = {"mean": ":", "biharmonic": "--", "telea": "-.", "ns": (0, (1, 3))}
+FLOOR_STYLE = {"mean": ":", "biharmonic": "--", "telea": "-.", "ns": (0, (6, 2, 1, 2, 1, 2))}
 FLOORS = tuple(FLOOR_STYLE)
 TABLE2_ORDER = ["baseline", "swap_self", "swap_cross", "swap_ffn", "swap_conv", "both_lambda", "both_lambda_dw", "moebius"]
 METRICS = {  # column -> (axis label, lower is better)
@@ -322,6 +322,18 @@ def _fmt(mean: float, std: float | None = None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _table2_cells(r) -> list[str]:
+    """LPIPS, KID, FID, PSNR (mean ± seed std), params, GMACs, latency, peak memory, seeds of a
+    ``seed_summary`` row: the columns the Table 2 shapes share."""
+    return [
+        _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
+        _fmt(r.get("fid_mean"), r.get("fid_std"), 1), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
+        _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
+        _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
+        str(int(r["n_seeds"])),
+    ]
+
+
 def table2(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = None) -> tuple[str, str]:
     """The paper's Table 2 shape: arm, KD, LPIPS, KID, FID, params, MACs, latency, peak memory, with
     the classical floor of the same test problems as the first rows.
@@ -344,11 +356,7 @@ def table2(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = None)
         name = label(t2) + ("" if arm == t2 else f" [run: {arm}]")
         rows.append([
             name, "no",
-            _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
-            _fmt(r.get("fid_mean"), r.get("fid_std"), 1), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
-            _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
-            _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
-            str(int(r["n_seeds"])),
+            *_table2_cells(r),
         ])
     return _md_tex(head, rows, caption, "tab:ablation")
 
@@ -404,11 +412,7 @@ def table_kd(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = Non
     for _, r in summ.iterrows():
         rows.append([
             r["role"], label(r["arm"]), str(r["size"]), r["kd_col"],
-            _fmt(r.get("lpips_mean"), r.get("lpips_std")), _fmt(r.get("kid_mean"), r.get("kid_std"), 4),
-            _fmt(r.get("fid_mean"), r.get("fid_std"), 1), _fmt(r.get("psnr_mean"), r.get("psnr_std"), 2),
-            _fmt(r.get("params", np.nan) / 1e6, None, 3), _fmt(r.get("macs", np.nan) / 1e9, None, 3),
-            _fmt(r.get("latency_ms", np.nan), None, 2), _fmt(r.get("peak_mem_mb", np.nan), None, 1),
-            str(int(r["n_seeds"])),
+            *_table2_cells(r),
         ])
     return _md_tex(head, rows, caption, "tab:ablation_kd")
 
@@ -638,7 +642,13 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training step")
         if col in ("lpips", "lpips_hole", "fid"):
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
+            fmt = FuncFormatter(lambda v, _p: f"{v:.3g}")
+            ax.yaxis.set_major_formatter(fmt)
+            ax.yaxis.set_minor_formatter(fmt)
+            ax.tick_params(axis="y", which="minor", labelsize=5.5)
     handles, labels_ = [], []
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -733,3 +743,27 @@ def paired_table(rows: list[dict], caption: str) -> str:
             f.format(r["mean_a"]), f.format(r["mean_b"]), f.format(r["diff"]),
             f"[{f.format(r['lo'])}, {f.format(r['hi'])}]", f"{r['seeds_a']} / {r['seeds_b']}", sd, r["verdict"]]) + " |\n"
     return md + f"\n{caption}\n"
+
+
+def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
+                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000)) -> str:
+    """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
+    with the floor of the same problems first."""
+    ev = evals.copy()
+    ev["recipe"] = [recipe_label(p, w) for p, w in zip(ev["prediction"], ev["loss_weighting"])]
+    head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    if floors is not None and len(floors):
+        for _, r in floors.iterrows():
+            md += "| " + " | ".join([label(r["arm"]), "–", "–", _fmt(r.get("lpips")), _fmt(r.get("lpips_hole")),
+                                     _fmt(r.get("fid"), None, 1), _fmt(r.get("kid"), None, 4),
+                                     _fmt(r.get("psnr_hole"), None, 2), "–"]) + " |\n"
+    agg = ev[ev["step"].isin(steps)].groupby(["arm", "recipe", "step"], sort=True)
+    for (arm, recipe, step), g in agg:
+        md += "| " + " | ".join([label(arm).split(" (=")[0], recipe, str(int(step)), _fmt(g["lpips"].mean()),
+                                 _fmt(g["lpips_hole"].mean()), _fmt(g["fid"].mean(), None, 1),
+                                 _fmt(g["kid"].mean(), None, 4), _fmt(g["psnr_hole"].mean(), None, 2),
+                                 str(g["run_id"].nunique())]) + " |\n"
+    n = int(ev["n"].max()) if "n" in ev and ev["n"].notna().any() else 0
+    return md + (f"\nConvergence: the EMA weights scored every 250 steps on the {n} evaluation images (20 DDIM steps; "
+                 "ε runs: leading spacing, v runs: trailing), the classical fills of the same problems first.\n")

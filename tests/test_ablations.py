@@ -174,6 +174,8 @@ def test_figures_regenerate_from_fixture_results(tmp_path):
                         & (paired["size"] == "tiny")].iloc[0]
     assert lmi_vs_lin["lo"] < -0.01 + 0.003 and lmi_vs_lin["hi"] > -0.01 - 0.003 and lmi_vs_lin["verdict"].startswith("lmi")
     assert (paired["ref"] == "biharmonic").any()
+    conv = (assets / "convergence.md").read_text()
+    assert "| Linear attn | ε | 250 |" in conv and "floor: biharmonic" in conv
     slopes = (assets / "scaling_slopes.md").read_text()
     assert "2.00" in slopes and "1.00" in slopes  # vanilla quadratic, lmi linear in the fixture
     assert not (res / "seed_summary.csv").exists()  # figures never write into results/
@@ -206,7 +208,7 @@ def test_readme_tables_are_the_generated_ones():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     quoted = 0
-    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md"):
+    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "convergence.md"):
         path = root / "paper_assets" / "dev" / name
         if not path.exists():
             continue
