@@ -759,10 +759,13 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
                                      _fmt(r.get("fid"), None, 1), _fmt(r.get("kid"), None, 4),
                                      _fmt(r.get("psnr_hole"), None, 2), "–"]) + " |\n"
     agg = ev[ev["step"].isin(steps)].groupby(["arm", "recipe", "step"], sort=True)
+    def mean(g, c):
+        return float(g[c].mean()) if c in g and g[c].notna().any() else float("nan")
+
     for (arm, recipe, step), g in agg:
-        md += "| " + " | ".join([label(arm).split(" (=")[0], recipe, str(int(step)), _fmt(g["lpips"].mean()),
-                                 _fmt(g["lpips_hole"].mean()), _fmt(g["fid"].mean(), None, 1),
-                                 _fmt(g["kid"].mean(), None, 4), _fmt(g["psnr_hole"].mean(), None, 2),
+        md += "| " + " | ".join([label(arm).split(" (=")[0], recipe, str(int(step)), _fmt(mean(g, "lpips")),
+                                 _fmt(mean(g, "lpips_hole")), _fmt(mean(g, "fid"), None, 1),
+                                 _fmt(mean(g, "kid"), None, 4), _fmt(mean(g, "psnr_hole"), None, 2),
                                  str(g["run_id"].nunique())]) + " |\n"
     n = int(ev["n"].max()) if "n" in ev and ev["n"].notna().any() else 0
     return md + (f"\nConvergence: the EMA weights scored every 250 steps on the {n} evaluation images (20 DDIM steps; "
