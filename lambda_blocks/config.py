@@ -564,6 +564,8 @@ def _build(preset: str, arm: str, size: str | None, seed: int, overrides: Mappin
             unet[name] = list(value) if isinstance(value, tuple) else value
             continue
         tp = _field_types(SECTIONS[sec])[name]
+        if value is None and tp is str:  # `--set diffusion.loss_weighting=none`: the word, not null
+            value = "none"
         if not _type_ok(value, tp):
             raise TypeError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
         sections[sec][name] = _coerce(value, tp)

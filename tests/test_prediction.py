@@ -162,3 +162,12 @@ def test_new_fields_at_their_defaults_keep_old_run_names():
         "eval.spacing": "leading", "eval.periodic_n": 8, "eval.periodic_full": False})
     assert old.run_name == "lmi-dev-tiny-s0-010affe967"
     assert resolve("dev", arm="lmi").run_name != old.run_name
+
+
+def test_cli_none_is_the_word_for_string_choices():
+    """`--set diffusion.loss_weighting=none` (parsed as null) means the choice 'none', as typed."""
+    from lambda_blocks.config import parse_sets
+
+    cfg = resolve("dev", overrides=parse_sets(["diffusion.loss_weighting=none", "diffusion.prediction=eps"]))
+    assert (cfg.diffusion.loss_weighting, cfg.diffusion.prediction) == ("none", "eps")
+    assert resolve("dev", overrides=parse_sets(["latent.ae_preset=none"])).latent.ae_preset is None  # Optional: null
