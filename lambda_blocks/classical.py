@@ -97,13 +97,13 @@ def fill_batch(method: str, images: torch.Tensor, masks: torch.Tensor) -> torch.
 def floor_config(preset: str, method: str, overrides: Mapping[str, Any] | None = None) -> dict:
     """The resolved record of one floor run: method, preset, and the preset's ``data`` and ``eval``
     sections with ``overrides`` (only ``data.*`` / ``eval.*`` keys; checked by ``config.resolve``)."""
-    from .config import _canonical_key, resolve
+    from .config import canonical_key, resolve
 
     if method not in METHODS:
         raise ValueError(f"unknown classical fill {method!r}; choose one of {METHODS}")
     overrides = dict(overrides or {})
     for k in overrides:
-        ck = _canonical_key(k)
+        ck = canonical_key(k)
         if not ck.startswith(("data.", "eval.")):
             raise KeyError(f"a classical floor has no {ck!r}: only data.* and eval.* keys apply")
     cfg = resolve(preset, arm="linear", overrides=overrides)  # any arm: only data / eval are read

@@ -35,6 +35,7 @@ from .unet import ARMS, SIZES, UNetConfig, canonical_arm, unet_config
 __all__ = [
     "ModelCfg", "DiffusionCfg", "DataCfg", "TrainCfg", "EvalCfg", "LatentCfg", "KDCfg", "ExpCfg",
     "PRESETS", "SECTIONS", "resolve", "config_hash", "valid_keys", "parse_value", "parse_overrides", "parse_sets", "run_tag",
+    "canonical_key",
 ]
 
 
@@ -409,6 +410,9 @@ def _canonical_key(key: str) -> str:
     if unet_hits:
         return unet_hits[0]
     raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+
+
+canonical_key = _canonical_key  # public: other modules resolve user keys the same way
 
 
 def _check_choice(key: str, value: Any, allowed) -> None:

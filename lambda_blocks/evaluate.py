@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         ap.error(f"--steps must be >= 1, got {args.steps}")
     try:
-        res, out = _evaluate_cli(args)
+        res, out = evaluate_run(args.run_dir, n=args.n, steps=args.steps, init=args.init, strength=args.strength,
+                                spacing=args.spacing, device=args.device, use_ema=not args.raw)
     except (FileNotFoundError, BadTestData, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -343,11 +344,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
     print(f"wrote {out}")
     return 0
-
-
-def _evaluate_cli(args):
-    return evaluate_run(args.run_dir, n=args.n, steps=args.steps, init=args.init, strength=args.strength,
-                            spacing=args.spacing, device=args.device, use_ema=not args.raw)
 
 
 if __name__ == "__main__":

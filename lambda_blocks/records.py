@@ -94,7 +94,8 @@ def run_lock(run_dir: str | Path, wait: bool = True, echo=None):
     it raises ``RunBusy`` naming the holder. Re-entrant within a process. No-op where fcntl is
     unavailable."""
     path = Path(str(run_dir) + ".lock")
-    key = str(path.resolve()) if path.parent.exists() else str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
     if _HELD.get(key):
         _HELD[key] += 1
         try:
@@ -102,8 +103,6 @@ def run_lock(run_dir: str | Path, wait: bool = True, echo=None):
         finally:
             _HELD[key] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = str(path.resolve())
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

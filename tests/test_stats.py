@@ -14,8 +14,6 @@ def test_interval_contains_a_known_shift_and_excludes_zero():
     diff, lo, hi = paired_bootstrap(a, base)
     assert lo < 0.01 < hi and lo > 0
     assert diff == pytest.approx(float(np.mean(a - base)))
-    # unpaired, the same data would not separate: the spread of images swamps the shift
-    assert np.std(base) / np.sqrt(200) * 2 > 0.005
 
 
 def test_identical_arms_give_a_zero_interval_and_no_verdict():
