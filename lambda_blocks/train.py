@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -395,8 +396,32 @@ class _Distiller:
 
 
 def _lr_factor(step: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant."""
+    """Linear warm-up over ``warmup`` steps, then constant. Nothing here depends on ``train.steps``:
+    that is what lets a longer run start from a shorter one (``_prefix_run``); a decay to the end of
+    training would have to drop that."""
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _prefix_run(cfg: ExpCfg, out_dir: Path) -> records.RunPaths | None:
+    """The longest finished run in ``out_dir`` whose config is this one with fewer ``train.steps``.
+
+    Nothing in a training step depends on the total: the learning rate is constant after warm-up,
+    and each step's batch, masks, timesteps and noise are keyed by (seed, step, slot). So the first
+    N steps of a longer run are exactly the N steps of the shorter one, and the longer run starts
+    from its final checkpoint (recorded as ``extended_from``) instead of repeating them; the test
+    suite checks the weights come out bit-identical to training the longer run from scratch.
+    """
+    best: tuple[int, records.RunPaths] | None = None
+    for d in sorted(Path(out_dir).glob(f"{cfg.tag}-{cfg.preset}-{cfg.size}-s{cfg.seed}-*")):
+        rp = records.RunPaths(d)
+        s = records.read_json(rp.summary) or {}
+        n = s.get("steps")
+        if s.get("status") != "done" or not isinstance(n, int) or not 0 < n < cfg.train.steps or not rp.ckpt.exists():
+            continue
+        short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=n))
+        if s.get("config_hash") == config_hash(short) and (best is None or n > best[0]):
+            best = (n, rp)
+    return best[1] if best else None
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -528,10 +553,15 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
     opt = torch.optim.AdamW(_param_groups(trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tr.warmup))
     train_time = 0.0
-    if paths.ckpt.exists():
-        ck = records.load_checkpoint(paths.ckpt, map_location=device)
-        if ck.get("config_hash") != chash:
-            raise RuntimeError(f"{paths.ckpt} belongs to config {ck.get('config_hash')}, not {chash}")
+    extended_from = None
+    prefix = _prefix_run(cfg, paths.dir.parent) if not paths.ckpt.exists() else None
+    if paths.ckpt.exists() or prefix is not None:
+        ck = records.load_checkpoint(paths.ckpt if prefix is None else prefix.ckpt, map_location=device)
+        want = chash if prefix is None else records.read_json(prefix.summary)["config_hash"]
+        if ck.get("config_hash") != want:
+            raise RuntimeError(f"{prefix.ckpt if prefix else paths.ckpt} belongs to config "
+                               f"{ck.get('config_hash')}, not {want}")
+        extended_from = ck.get("extended_from") if prefix is None else prefix.dir.name
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         if kd is not None:
@@ -539,7 +569,11 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, train_time = int(ck["step"]), float(ck.get("train_time_s", 0.0))
-        if dist.is_main:
+        if dist.is_main and prefix is not None:  # the shorter run's curve is this run's first part
+            rows = [r for r in records.read_jsonl(prefix.metrics) if r.get("kind") != "final"]
+            records.atomic_write_text(paths.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            print(f"[extend] {paths.dir.name} from step {step} of {prefix.dir.name}", file=sys.stderr)
+        elif dist.is_main:
             records.truncate_jsonl(paths.metrics, step)
             print(f"[resume] {paths.dir.name} from step {step}", file=sys.stderr)
     else:
@@ -601,6 +635,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             **({"projector": kd.projector.state_dict()} if kd is not None else {}),
             "scheduler": sched.state_dict(), "step": step, "train_time_s": train_time,
             "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict(), "config_hash": chash,
+            "extended_from": extended_from,
             "versions": {"torch": str(torch.__version__), "lambda_blocks": _pkg_version()},
         })
 
@@ -749,6 +784,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
             "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
             "prediction": cfg.diffusion.prediction, "loss_weighting": cfg.diffusion.loss_weighting,
             "eval_mask_kind": ev.mask_kind, "world_size": dist.world, "device": device.type,
+            "extended_from": extended_from,
             "space": cfg.latent.space, "work_size": cfg.work_size, "kd": cfg.kd.enabled,
             "kd_weighting": cfg.kd.weighting if cfg.kd.enabled else None,
             **ae_info, **(kd.info() if kd is not None else {}), **cost,

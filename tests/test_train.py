@@ -124,6 +124,33 @@ def test_resume_is_identical_to_uninterrupted(tmp_path):
     assert sa["psnr"] == sb["psnr"] and sa["ssim_hole"] == sb["ssim_hole"]
 
 
+def test_longer_run_starts_from_the_shorter_one_and_is_bit_identical_to_training_from_scratch(tmp_path):
+    """train.steps is a budget, not part of each step: a run of 8 steps next to a finished run of 4
+    (same config otherwise) starts from the 4-step checkpoint and ends with exactly the weights,
+    curve and metrics of an 8-step run trained from nothing."""
+    short = tiny_cfg(**{"train.steps": 4, "train.eval_every": 2, "train.ckpt_every": 0})
+    long = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2, "train.ckpt_every": 0})
+    other_seed = tiny_cfg(seed=1, **{"train.steps": 4, "train.eval_every": 2, "train.ckpt_every": 0})
+    other_lr = tiny_cfg(**{"train.steps": 4, "train.eval_every": 2, "train.ckpt_every": 0, "train.lr": 5e-4})
+    scratch = run(long, tmp_path / "a", progress=False)
+    for c in (other_seed, other_lr, short):  # only the last one is a prefix of `long`
+        run(c, tmp_path / "b", progress=False)
+    ext = run(long, tmp_path / "b", progress=False)
+    summary = json.loads((ext / "summary.json").read_text())
+    assert summary["extended_from"] == short.run_name
+    assert json.loads((scratch / "summary.json").read_text())["extended_from"] is None
+    for key in ("model", "ema"):
+        a, b = params_of(scratch, key), params_of(ext, key)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (key, name)
+    drop = ("images_per_s", "elapsed", "sample_time_s")
+    rows = [[{k: v for k, v in r.items() if k not in drop} for r in records.read_jsonl(d / "metrics.jsonl")
+             if r["kind"] != "final"] for d in (scratch, ext)]
+    assert rows[0] == rows[1] and [r["step"] for r in rows[0] if r["kind"] == "eval"] == [2, 4, 6, 8]
+    assert summary["psnr"] == json.loads((scratch / "summary.json").read_text())["psnr"]
+    assert records.load_checkpoint(tmp_path / "b" / short.run_name / "ckpt.pt")["step"] == 4  # left as it was
+
+
 def test_grad_accum_matches_one_batch(tmp_path):
     a = run(tiny_cfg(**{"train.steps": 3, "train.log_every": 1, "train.eval_every": 0}), tmp_path, progress=False)
     b = run(tiny_cfg(**{"train.steps": 3, "train.log_every": 1, "train.eval_every": 0, "train.grad_accum": 2}),
