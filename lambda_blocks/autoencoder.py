@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import records, runtime
-from .config import _canonical, _type_name, _type_ok, parse_sets
+from .cfgcore import check_choice, content_hash, parse_sets, strict_values
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
 __all__ = [
@@ -169,10 +169,8 @@ def _validate(cfg: AECfg) -> None:
         raise ValueError(f"len(widths)={len(cfg.widths)} must equal log2(factor)={levels} (factor={cfg.factor})")
     if any(w <= 0 for w in cfg.widths):
         raise ValueError(f"widths must be positive, got {cfg.widths}")
-    if cfg.dataset not in AE_DATASETS:
-        raise ValueError(f"dataset={cfg.dataset!r}; choose one of {list(AE_DATASETS)}")
-    if cfg.device not in AE_DEVICES:
-        raise ValueError(f"device={cfg.device!r}; choose one of {list(AE_DEVICES)}")
+    check_choice("dataset", cfg.dataset, AE_DATASETS)
+    check_choice("device", cfg.device, AE_DEVICES)
     positive = {"latent_channels": cfg.latent_channels, "image_size": cfg.image_size, "n_train": cfg.n_train,
                 "n_test": cfg.n_test, "steps": cfg.steps, "batch_size": cfg.batch_size,
                 "log_every": cfg.log_every}
@@ -202,18 +200,8 @@ def _build(values: Mapping[str, Any], base: str | None) -> AECfg:
             raise ValueError(f"unknown preset {base!r}; choose one of {list(AE_PRESETS)}")
         merged.update(AE_PRESETS[base])
         merged["preset"] = base
-    for k, v in values.items():
-        if not isinstance(k, str) or k not in types_:
-            raise KeyError(f"unknown autoencoder config key {k!r}; valid keys: {', '.join(_valid_keys())}")
-        merged[k] = v
-    for k, v in merged.items():
-        tp = types_[k]
-        if not _type_ok(v, tp):
-            raise TypeError(f"{k} must be {_type_name(tp)}, got {type(v).__name__} {v!r}")
-        if tp is float and isinstance(v, int):
-            merged[k] = float(v)
-        if isinstance(v, list):
-            merged[k] = tuple(v)
+    merged.update(values)
+    merged = strict_values(merged, types_, what="autoencoder config")
     cfg = AECfg(**merged)
     _validate(cfg)
     return cfg
@@ -235,8 +223,7 @@ def ae_config(preset: str = "smoke", **overrides: Any) -> AECfg:
 def ae_hash(cfg: AECfg | Mapping[str, Any]) -> str:
     """sha1 of the canonical JSON of the config (sorted keys, floats by repr): 10 hex digits."""
     d = cfg.to_dict() if isinstance(cfg, AECfg) else {k: v for k, v in cfg.items() if k != "config_hash"}
-    text = json.dumps(_canonical(d), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+    return content_hash(d)
 
 
 def ae_run_dir(cfg: AECfg, out_dir: str | Path) -> Path:

@@ -21,14 +21,17 @@ sampler noise) are held fixed across a sweep so every variant sees the same test
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .cfgcore import check_choice as _check_choice
+from .cfgcore import coerce as _coerce
+from .cfgcore import content_hash, parse_overrides, parse_sets, parse_value
+from .cfgcore import type_name as _type_name
+from .cfgcore import type_ok as _type_ok
 from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, SPACINGS
 from .unet import ARMS, SIZES, UNetConfig, canonical_arm, unet_config
 
@@ -348,41 +351,6 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    """Strict check: bool is not int, int is accepted for float, None only for Optional."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if tp is dict or origin is dict:
-        return isinstance(value, dict)
-    if tp is tuple or origin is tuple:
-        return isinstance(value, (tuple, list))
-    return True
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-    if isinstance(value, list) and (typing.get_origin(tp) is tuple or tp is tuple):
-        return tuple(value)
-    return value
-
-
 def _unet_kwargs(d: Mapping[str, Any]) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
 
@@ -413,11 +381,6 @@ def _canonical_key(key: str) -> str:
 
 
 canonical_key = _canonical_key  # public: other modules resolve user keys the same way
-
-
-def _check_choice(key: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r}; choose one of {list(allowed)}")
 
 
 def _validate(cfg: ExpCfg) -> None:
@@ -608,68 +571,6 @@ def resolve(preset: str = "smoke", arm: str = "lmi", size: str | None = None, se
     return _build(preset, arm, size, seed, merged, base=preset)
 
 
-def parse_value(text: str) -> Any:
-    """CLI ``--set key=value`` value: JSON if it parses (numbers, true/false/null, lists), else a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        low = text.lower()
-        if low in ("true", "false"):
-            return low == "true"
-        if low in ("none", "null"):
-            return None
-        return text
-
-
-def parse_sets(items) -> dict:
-    """CLI ``--set KEY=VALUE`` items -> an overrides dict (values as ``parse_value``; keys are checked
-    later by ``resolve``). ValueError names an item without ``=``."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v.strip())
-    return out
-
-
-def parse_overrides(overrides: Mapping[str, Any] | str | None) -> dict:
-    """Overrides from a dict, a JSON object string, or ``"key=value; key=value"`` (values as in
-    ``parse_value``); ``None`` / ``""`` -> ``{}``. Keys are checked later by ``resolve``."""
-    if overrides is None or overrides == "":
-        return {}
-    if isinstance(overrides, Mapping):
-        return dict(overrides)
-    if not isinstance(overrides, str):
-        raise TypeError(f"overrides must be a dict or a string, got {type(overrides).__name__}")
-    try:
-        val = json.loads(overrides)
-    except json.JSONDecodeError:
-        val = None
-    if isinstance(val, dict):
-        return val
-    out = {}
-    for part in overrides.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise ValueError(f"override {part!r} is not key=value (separate several with ';')")
-        k, v = part.split("=", 1)
-        out[k.strip()] = parse_value(v.strip())
-    return out
-
-
-def _canonical(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return {"__float__": repr(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    return obj
-
-
 def config_hash(cfg: ExpCfg | Mapping[str, Any]) -> str:
     """sha1 of the canonical JSON of the config (sorted keys, floats by repr), first 10 hex digits."""
     d = cfg.to_dict() if isinstance(cfg, ExpCfg) else {k: v for k, v in cfg.items() if k != "config_hash"}
@@ -679,5 +580,4 @@ def config_hash(cfg: ExpCfg | Mapping[str, Any]) -> str:
     for sec, fields in _HASH_OPTIONAL_FIELDS.items():
         if isinstance(d.get(sec), dict):
             d[sec] = {k: v for k, v in d[sec].items() if not (k in fields and v == fields[k])}
-    text = json.dumps(_canonical(d), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+    return content_hash(d)

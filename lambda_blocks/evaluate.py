@@ -274,7 +274,7 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     """Re-evaluate ``run_dir/ckpt.pt``; writes ``eval-<key>.json`` (atomic) and returns (metrics, path)."""
     from .data import make_dataset
     from .runtime import select_device
-    from .train import _latent_space, load_run_model
+    from .loading import latent_space, load_run_model
 
     paths = records.RunPaths(run_dir)
     raw = records.read_json(paths.config)
@@ -291,7 +291,7 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, steps: int | None = 
     spacing = ev.spacing if spacing is None else spacing
     dev = select_device(device)
     model, step = load_run_model(run_dir, dev, use_ema=use_ema)
-    space, _ = _latent_space(cfg, Path(run_dir).parent, dev)  # (None, {}) in pixel space
+    space, _ = latent_space(cfg, Path(run_dir).parent, dev)  # (None, {}) in pixel space
     d = cfg.data
     test_ds = make_dataset(d.dataset, "test", size=d.image_size, n=d.n_test, seed=d.seed, root=d.root,
                            mask_root=d.mask_root)

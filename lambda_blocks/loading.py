@@ -1,0 +1,57 @@
+"""Loading what a run folder holds: its (EMA) U-Net and, for a latent-space run, its latent space.
+
+Used by training (the teacher of a distilled run, the autoencoder of a latent run), evaluation and
+the notebooks; it imports neither ``train`` nor ``evaluate``, so both can import it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import records
+from .config import ExpCfg
+
+__all__ = ["latent_space", "load_run_model"]
+
+
+def latent_space(cfg: ExpCfg, root: Path, device: torch.device):
+    """(LatentSpace, summary fields) of a latent-space run, training its autoencoder into ``root``
+    when missing (under a file lock, so parallel runs train it once); (None, {}) in pixel space."""
+    if cfg.latent.space != "latent":
+        return None, {}
+    from .autoencoder import LatentSpace, ae_hash, ensure_autoencoder
+
+    acfg = cfg.ae_config()
+    with records.run_lock(root / f"ae-{acfg.preset}-{ae_hash(acfg)}"):
+        ae, ae_dir = ensure_autoencoder(acfg, root)
+    summ = records.read_json(Path(ae_dir) / "summary.json") or {}
+    info = {"ae_run": Path(ae_dir).name, "ae_hash": ae_hash(acfg), "ae_psnr": summ.get("psnr"),
+            "ae_ssim": summ.get("ssim"), "ae_lpips": summ.get("lpips"), "ae_factor": acfg.factor,
+            "ae_latent_channels": acfg.latent_channels}
+    return LatentSpace(ae.to(device)), info
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
+                   use_ema: bool = True) -> tuple[nn.Module, int]:
+    """(the (EMA) U-Net of a finished or checkpointed run, in eval mode and frozen; its step)."""
+    from .unet import InpaintUNet
+
+    paths = records.RunPaths(run_dir)
+    raw = records.read_json(paths.config)
+    if raw is None:
+        raise FileNotFoundError(f"{paths.config} is missing or unreadable")
+    ck = records.load_checkpoint(paths.ckpt, map_location=device)
+    if ck.get("config_hash") is not None and raw.get("config_hash") is not None \
+            and ck["config_hash"] != raw["config_hash"]:
+        raise RuntimeError(f"{paths.ckpt} belongs to config {ck['config_hash']}, but {paths.config} is config "
+                           f"{raw['config_hash']}: the checkpoint was copied from another run")
+    model = InpaintUNet(ExpCfg.from_dict(raw).unet_config())
+    try:
+        model.load_state_dict(ck["ema" if use_ema else "model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+        raise RuntimeError(f"{paths.ckpt} does not fit the architecture of {paths.config} "
+                           f"(arm {raw.get('arm')}, size {raw.get('size')}): {first}") from None
+    return model.to(device).eval().requires_grad_(False), int(ck["step"])
