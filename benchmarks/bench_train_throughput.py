@@ -3,8 +3,8 @@
     python benchmarks/bench_train_throughput.py [--arms vanilla linear local_lambda lmi]
         [--presets smoke dev] [--sizes 32 64 128] [--scale-batch 4] [--steps 4] [--threads 1]
 
-Part 1 times one optimiser step of each preset exactly as ``lambda_blocks.train`` does it (per-sample
-noise and timesteps, LaMa masks drawn per step, AdamW, grad clipping, EMA) at the preset's batch,
+Part 1 times one optimiser step of each preset with ``lambda_blocks.train.train_step`` itself (the
+step a run takes: per-sample keyed noise, timesteps and masks, AdamW, warm-up, clipping, EMA) at the preset's batch,
 image size, U-Net size and thread count, and prints images/s and the ratio to ``vanilla``.
 Part 2 scales the image side 32 -> 64 -> 128 at a fixed batch and prints images/s and the slowdown
 relative to 32 px, per arm. All numbers come from one process, measured side by side in
@@ -14,7 +14,6 @@ ratios, not absolute times across runs.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -24,50 +23,42 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lambda_blocks.config import resolve  # noqa: E402
 from lambda_blocks.diffusion import Diffusion  # noqa: E402
-from lambda_blocks.masks import generate_mask  # noqa: E402
-from lambda_blocks.seeding import numpy_rng, randn_per_sample, sample_generators  # noqa: E402
-from lambda_blocks.unet import InpaintUNet  # noqa: E402
+from lambda_blocks import train as T  # noqa: E402
 
 
 class Stepper:
-    """One training step of a config (the body of train._run's loop, on synthetic images)."""
+    """Training steps of a config, exactly as a run takes them: ``train.train_step`` (AdamW with its
+    weight-decay groups, LR warm-up, grad accumulation and clipping, the EMA) on batches from
+    ``train.make_batch`` (per-sample keyed masks, timesteps and noise), over 64 synthetic images."""
 
     def __init__(self, cfg, batch: int | None = None, image_size: int | None = None):
-        self.cfg = cfg
-        self.batch = batch or cfg.train.batch_size
-        self.size = image_size or cfg.data.image_size
-        torch.manual_seed(0)
-        self.model = InpaintUNet(cfg.unet_config())
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr)
+        over = {}
+        if batch is not None:
+            over["train.batch_size"] = batch
+        if image_size is not None:
+            over["data.image_size"] = image_size
+        self.cfg = cfg = with_overrides(cfg, over) if over else cfg
+        self.batch, self.size = cfg.train.batch_size, cfg.data.image_size
+        self.model = T.init_model(cfg)
+        self.state = T.new_state(cfg, self.model)
         self.diff = Diffusion.from_cfg(cfg.diffusion)
         g = torch.Generator().manual_seed(1)
-        self.images = torch.rand(64, 3, self.size, self.size, generator=g) * 2 - 1
-        self.step_i = 0
+        images = torch.rand(64, 3, self.size, self.size, generator=g) * 2 - 1
+        self.data = T.TrainData(None, images, T._Batches(len(images), cfg.seed))
 
     def step(self) -> None:
-        s, b, cfg = self.step_i, self.batch, self.cfg
-        idx = [(s * b + j) % len(self.images) for j in range(b)]
-        x0 = self.images[idx]
-        mask = torch.from_numpy(np.stack([generate_mask(cfg.data.train_mask, self.size, numpy_rng("m", s, j))
-                                          for j in range(b)])).unsqueeze(1)
-        gens = sample_generators([("b", s, j) for j in range(b)])
-        t = self.diff.sample_t(gens)
-        noise = randn_per_sample(gens, x0.shape[1:])
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.diff.training_loss(self.model, x0, mask, t, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-        self.opt.step()
-        with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(p, 1 - cfg.train.ema_decay)
-        self.step_i += 1
+        T.train_step(self.state, self.cfg, self.diff,
+                     lambda s, lo, hi: T.make_batch(self.cfg, self.diff, self.data, s, lo, hi))
+
+
+def with_overrides(cfg, over: dict):
+    """``cfg`` resolved again with ``over`` on top (same preset, arm, size and seed)."""
+    return resolve(cfg.preset, arm=cfg.arm, size=cfg.size, seed=cfg.seed,
+                   overrides={**{f"unet.{k}": v for k, v in cfg.model.unet.items()}, **over})
 
 
 def measure(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, float]:

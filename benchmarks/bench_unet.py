@@ -8,8 +8,8 @@ median over rounds), so the ratios printed at the end compare numbers measured u
 ``moebius`` (LλMI + DW) against ``baseline`` (linear attention, dense) per side, pass and dtype,
 with the achieved GMAC/s of each (MACs from ``profiling.torch_macs``, attention and lambda einsums
 included). bf16 rows also state the max relative error of a forward against fp32 on the same
-weights. A training step is the package's objective (``Diffusion.training_loss`` with the dev
-recipe) + backward + AdamW step, the work of one step of ``lambda_blocks.train``.
+weights. A training step is ``lambda_blocks.train.train_step`` itself (the dev recipe's objective,
+backward, clipping, AdamW, EMA) on a fixed batch.
 
 Writes ``results/unet_bench-<device>-<hardware>-pt<torch>-t<threads>.csv`` (tidy, one row per
 measurement; atomic). On CUDA the timer is CUDA events (``profiling.latency`` dispatch) and bf16 is
@@ -23,11 +23,12 @@ import sys
 
 from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from lambda_blocks import profiling as P  # noqa: E402
+from lambda_blocks import train as T  # noqa: E402
+from lambda_blocks.config import resolve  # noqa: E402
 from lambda_blocks.diffusion import Diffusion  # noqa: E402
 from lambda_blocks.records import atomic_write_text  # noqa: E402
 from lambda_blocks.runtime import select_device  # noqa: E402
@@ -55,20 +56,17 @@ def make_calls(arm: str, size: str, side: int, batch: int, device: torch.device,
     mask = (torch.rand(batch, 1, side, side, generator=g) > 0.6).float().to(device)
     noise = torch.randn(batch, c, side, side, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-    diff = Diffusion(prediction="v", loss_weighting="min_snr")
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    cfg = resolve("dev", arm=arm, size=size, overrides={"train.batch_size": batch, "data.image_size": side})
+    diff = Diffusion.from_cfg(cfg.diffusion)
+    state = T.new_state(cfg, net)
+    problem = (x0, x0 * (1 - mask), mask, t, noise)
 
     def fwd():
         with torch.no_grad(), autocast(device, dtype):
             return net(x1, t1)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, dtype):
-            loss = diff.training_loss(net, x0, mask, t, noise)
-        loss.backward()
-        opt.step()
-        return loss
+    def step():  # the run's own step: the dev objective, clipping, AdamW, warm-up, EMA
+        return T.train_step(state, cfg, diff, lambda s, lo, hi: problem, amp=(dtype == "bf16")).loss
 
     return fwd, step, net
 

@@ -35,6 +35,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -352,7 +353,7 @@ class _Distiller:
 
 
 # ---------------------------------------------------------------------------------------------
-# the run
+# optimisation helpers
 
 
 def _lr_factor(step: int, warmup: int) -> float:
@@ -402,6 +403,292 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def _finite_mean(rows: list[float]) -> float:
     return float(np.mean(rows)) if rows else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# the train state, one batch, one step
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the weights, their EMA, the optimiser, its schedule, the position."""
+
+    model: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    projector: nn.Module | None = None  # the KD feature projector, trained with the model
+    step: int = 0
+    train_time: float = 0.0  # seconds inside train_step, summed over resumes
+    extended_from: str | None = None  # the shorter run this one started from (``_prefix_run``)
+
+    @property
+    def trainable(self) -> nn.Module:
+        if self.projector is None:
+            return self.model
+        return nn.ModuleDict({"model": self.model, "projector": self.projector})
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.trainable.parameters() if p.requires_grad]
+
+
+def init_model(cfg: ExpCfg, device: torch.device | str = "cpu") -> nn.Module:
+    """The U-Net with the run's initial weights, keyed by the seed (the caller's RNG is untouched)."""
+    from .unet import InpaintUNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(key_seed("init", cfg.seed))
+        return InpaintUNet(cfg.unet_config()).to(device)
+
+
+def new_state(cfg: ExpCfg, model: nn.Module, ema: nn.Module | None = None,
+              projector: nn.Module | None = None) -> TrainState:
+    """Step 0: AdamW (no weight decay on biases and norms), linear warm-up then constant LR.
+    ``ema``: a copy made before anything hooked into ``model`` (default: a copy now)."""
+    tr = cfg.train
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema is None else ema
+    st = TrainState(model, ema, None, None, projector)  # type: ignore[arg-type]
+    st.opt = torch.optim.AdamW(_param_groups(st.trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
+    st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: _lr_factor(s, tr.warmup))
+    return st
+
+
+def save(state: TrainState, path: Path, cfg: ExpCfg) -> None:
+    """The checkpoint: every tensor of the state, the config and its hash (atomic)."""
+    records.save_checkpoint(path, {
+        "model": state.model.state_dict(), "ema": state.ema.state_dict(), "optimizer": state.opt.state_dict(),
+        **({"projector": state.projector.state_dict()} if state.projector is not None else {}),
+        "scheduler": state.sched.state_dict(), "step": state.step, "train_time_s": state.train_time,
+        "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict(), "config_hash": config_hash(cfg),
+        "extended_from": state.extended_from,
+        "versions": {"torch": str(torch.__version__), "lambda_blocks": _pkg_version()},
+    })
+
+
+def resume(state: TrainState, paths: records.RunPaths, cfg: ExpCfg, device: torch.device,
+           is_main: bool = True) -> str | None:
+    """Continue from the run folder's checkpoint ("resume"), or from the final checkpoint of a
+    finished shorter run of the same config ("extend", ``_prefix_run``); None: a fresh start.
+    The metrics file is cut back to the checkpoint's step (or becomes the shorter run's rows)."""
+    chash = config_hash(cfg)
+    prefix = _prefix_run(cfg, paths.dir.parent) if not paths.ckpt.exists() else None
+    if not paths.ckpt.exists() and prefix is None:
+        if is_main and paths.metrics.exists():
+            paths.metrics.unlink()
+        return None
+    src = paths if prefix is None else prefix
+    ck = records.load_checkpoint(src.ckpt, map_location=device)
+    want = chash if prefix is None else records.read_json(prefix.summary)["config_hash"]
+    if ck.get("config_hash") != want:
+        raise RuntimeError(f"{src.ckpt} belongs to config {ck.get('config_hash')}, not {want}")
+    state.model.load_state_dict(ck["model"])
+    state.ema.load_state_dict(ck["ema"])
+    if state.projector is not None:
+        state.projector.load_state_dict(ck["projector"])
+    state.opt.load_state_dict(ck["optimizer"])
+    state.sched.load_state_dict(ck["scheduler"])
+    state.step, state.train_time = int(ck["step"]), float(ck.get("train_time_s", 0.0))
+    state.extended_from = ck.get("extended_from") if prefix is None else prefix.dir.name
+    if not is_main:
+        return "resume" if prefix is None else "extend"
+    if prefix is None:
+        records.truncate_jsonl(paths.metrics, state.step)
+        print(f"[resume] {paths.dir.name} from step {state.step}", file=sys.stderr)
+        return "resume"
+    rows = [r for r in records.read_jsonl(prefix.metrics) if r.get("kind") != "final"]  # its curve is our first part
+    records.atomic_write_text(paths.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    print(f"[extend] {paths.dir.name} from step {state.step} of {prefix.dir.name}", file=sys.stderr)
+    return "extend"
+
+
+@dataclass
+class TrainData:
+    """The training split: the data set, its images preloaded (or None), the per-epoch order and,
+    in latent space, the cached latents of the images."""
+
+    ds: Any
+    images: torch.Tensor | None
+    order: "_Batches"
+    latents: torch.Tensor | None = None
+
+
+def load_train_data(cfg: ExpCfg, cache_dir: Path, space=None, ae_info: Mapping[str, Any] | None = None) -> TrainData:
+    ds = _dataset(cfg, "train")
+    images = _preload(ds, cache_dir, cfg) if cfg.data.preload else None
+    if len(ds) == 0:
+        raise ValueError("the training split is empty")
+    latents = None
+    if space is not None and images is not None:
+        from .autoencoder import cached_latents
+
+        latents = cached_latents(space.ae, images, cache_dir / f"latents-{ae_info['ae_hash']}-n{len(images)}.pt")
+    return TrainData(ds, images, _Batches(len(ds), cfg.seed), latents)
+
+
+def make_batch(cfg: ExpCfg, diffusion: Diffusion, data: TrainData, step: int, lo: int, hi: int,
+               device: torch.device | str = "cpu", space=None):
+    """Slots ``[lo, hi)`` of step ``step``'s global batch as (x0, masked, mask, t, noise): each
+    slot's image, mask, timestep and noise keyed by (seed, step, slot), never by a running RNG."""
+    from .masks import generate_mask
+
+    tr, da = cfg.train, cfg.data
+    idx = [data.order.index(step * tr.batch_size + j) for j in range(lo, hi)]
+    x0 = data.images[idx] if data.images is not None else torch.stack([data.ds[i]["image"].float() for i in idx])
+    masks = torch.from_numpy(np.stack([
+        generate_mask(da.train_mask, da.image_size, numpy_rng("mask", cfg.seed, step, j)) for j in range(lo, hi)
+    ])).unsqueeze(1)
+    gens = sample_generators([("train", cfg.seed, step, j) for j in range(lo, hi)])
+    t = diffusion.sample_t(gens)
+    x0, masks = x0.to(device), masks.to(device)
+    if space is None:
+        masked = x0 * (1 - masks)
+    else:  # the diffusion sample is the latent; the condition is the latent of the masked image
+        z0, masks, masked = space.encode_problem(x0, masks)
+        x0 = data.latents[idx].to(device) if data.latents is not None else z0
+    noise = randn_per_sample(gens, x0.shape[1:])
+    return x0, masked, masks, t.to(device), noise.to(device)
+
+
+@dataclass
+class StepOut:
+    loss: float  # the task loss, mean over the global batch
+    grad_norm: float  # before clipping
+    kd_logs: list[dict]  # one per micro-batch (KD runs only)
+
+
+def train_step(state: TrainState, cfg: ExpCfg, diffusion: Diffusion, batch, *, kd=None, dist=None,
+               amp: bool = False, loss_hook=None) -> StepOut:
+    """One optimiser step; ``state.step`` advances by one.
+
+    ``batch(step, lo, hi)`` gives the slots ``[lo, hi)`` of the global batch (``make_batch``). This
+    rank's share is split into ``train.grad_accum`` micro-batches; gradients are averaged over ranks
+    with one all-reduce (``dist``: None for one process), clipped at ``train.grad_clip``, checked
+    (``TrainingDiverged`` names the step), then AdamW, the LR schedule and the EMA. ``amp``: bf16
+    autocast on the parameters' device (a run asks for it on CUDA only: ``train.amp_bf16``).
+    """
+    tr = cfg.train
+    world, rank = (dist.world, dist.rank) if dist is not None and dist.enabled else (1, 0)
+    per_rank = tr.batch_size // world
+    micro = per_rank // tr.grad_accum
+    params = state.params
+    state.opt.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    kd_logs: list[dict] = []
+    for a in range(tr.grad_accum):
+        lo = rank * per_rank + a * micro
+        x0, masked, mask, t, noise = batch(state.step, lo, lo + micro)
+        with torch.autocast(params[0].device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            if kd is None:
+                loss = diffusion.training_loss(state.model, x0, mask, t, noise, masked=masked)
+            else:
+                loss, log = kd.loss(diffusion, x0, masked, mask, t, noise)
+                kd_logs.append(log)
+        if loss_hook is not None:
+            loss = loss_hook(state.step, loss)
+        (loss * (micro / per_rank)).backward()
+        # the logged loss is the task loss with and without KD, so curves compare; a non-finite KD
+        # total shows as a non-finite gradient norm, which stops the run below
+        task = loss.detach().double() if kd is None else torch.tensor(kd_logs[-1]["loss_task"], dtype=torch.float64)
+        loss_sum += task * micro
+    grads = [p.grad for p in params if p.grad is not None]
+    if world > 1:
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype)])
+        dist.all_reduce_(flat)
+        flat /= world
+        off = 0
+        for g in grads:
+            g.copy_(flat[off:off + g.numel()].view_as(g))
+            off += g.numel()
+        loss_val = float(flat[-1]) * world / tr.batch_size
+    else:
+        loss_val = float(loss_sum) / tr.batch_size
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, tr.grad_clip if tr.grad_clip > 0 else float("inf")))
+    if not math.isfinite(loss_val) or not math.isfinite(gnorm):
+        what = "loss" if not math.isfinite(loss_val) else "gradient norm"
+        exc = TrainingDiverged(
+            f"non-finite {what} at step {state.step + 1} (loss={loss_val}, grad_norm={gnorm}, "
+            f"lr={state.opt.param_groups[0]['lr']:.3g}); lower train.lr or keep train.grad_clip > 0")
+        exc.step = state.step + 1
+        raise exc
+    state.opt.step()
+    state.sched.step()
+    state.step += 1
+    _ema_update(state.ema, state.model, min(tr.ema_decay, (1 + state.step) / (10 + state.step)))
+    return StepOut(loss_val, gnorm, kd_logs)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation inside a run
+
+
+def periodic_eval(ema: nn.Module, cfg: ExpCfg, diffusion: Diffusion, es, device: torch.device, step: int,
+                  space=None, cache_dir: Path | None = None) -> dict:
+    """The curve's row at ``step``: validation loss and the fills' PSNR / SSIM on the periodic set
+    (``train.sample_steps`` DDIM steps); with ``eval.periodic_full`` also LPIPS, FID and KID."""
+    from .evaluate import sample_fills, score_fills
+    from .metrics import psnr, ssim
+
+    tr, ev = cfg.train, cfg.eval
+    ema.eval()
+    x0, m = es.images.to(device), es.masks.to(device)
+    masked = None
+    if space is not None:
+        x0, m, masked = space.encode_problem(x0, m)
+    vl = diffusion.validation_loss(ema, x0, m, sample_generators([("val", i, ev.seed) for i in es.ids]), masked=masked)
+    fills = sample_fills(ema, diffusion, es, device, tr.sample_steps, ev.spacing, batch_size=ev.batch_size, space=space)
+    fc = fills.clamp(-1, 1)
+    row = {"kind": "eval", "step": step, "val_loss": float(vl.mean()), "n": len(es), "ddim_steps": tr.sample_steps,
+           "psnr": float(psnr(fc, es.images).mean()), "psnr_hole": float(psnr(fc, es.images, es.masks).nanmean())}
+    if min(es.images.shape[-2:]) >= 11:
+        row["ssim"] = float(ssim(fc, es.images).mean())
+        row["ssim_hole"] = float(ssim(fc, es.images, es.masks).nanmean())
+    if ev.periodic_full:  # the convergence curve: the final evaluation's metrics on the periodic set
+        full, _ = score_fills(fills, es, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir)
+        row.update({k: full[k] for k in ("lpips", "lpips_hole", "fid", "kid", "kid_std", "n_fid_images")})
+    return row
+
+
+def final_summary(state: TrainState, cfg: ExpCfg, diffusion: Diffusion, es, paths: records.RunPaths,
+                  device: torch.device, *, space=None, cache_dir: Path | None = None, kd=None,
+                  ae_info: Mapping[str, Any] | None = None, world: int = 1, last_loss: float = float("nan")) -> dict:
+    """Evaluate the EMA weights on the final set, write per_image.csv and the sample grid, and
+    return the run's summary (status "done"; metrics, cost, provenance)."""
+    from .evaluate import evaluate_model, write_per_image
+
+    tr, ev, da = cfg.train, cfg.eval, cfg.data
+    res, fills, per_image = evaluate_model(
+        state.ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing, init=ev.init,
+        strength=ev.strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir,
+        space=space, return_per_image=True)
+    write_per_image(paths.per_image, per_image)
+    g = list(range(min(ev.n_grid, len(es))))
+    if g:
+        records.write_samples(paths, es.masked[g], fills[g], es.images[g], es.masks[g], [es.ids[i] for i in g])
+    macs, macs_source = _macs(state.ema, cfg.work_size)
+    cost = _inrun_cost(state.ema, cfg.work_size, device)
+    train_rows = [r for r in records.read_jsonl(paths.metrics) if r.get("kind") == "train"]
+    return {
+        "status": "done", "config_hash": config_hash(cfg), "arm": cfg.arm, "size": cfg.size, "preset": cfg.preset,
+        "seed": cfg.seed, "image_size": da.image_size, "steps": state.step,
+        "params": sum(p.numel() for p in state.model.parameters()),
+        "macs": macs, "macs_source": macs_source,
+        "train_time_s": state.train_time,
+        "images_per_s": (tr.steps * tr.batch_size / state.train_time) if state.train_time > 0 else None,
+        "final_loss": train_rows[-1]["loss"] if train_rows else last_loss,
+        "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
+        "prediction": cfg.diffusion.prediction, "loss_weighting": cfg.diffusion.loss_weighting,
+        "eval_mask_kind": ev.mask_kind, "world_size": world, "device": device.type,
+        "extended_from": state.extended_from,
+        "space": cfg.latent.space, "work_size": cfg.work_size, "kd": cfg.kd.enabled,
+        "kd_weighting": cfg.kd.weighting if cfg.kd.enabled else None,
+        **(ae_info or {}), **(kd.info() if kd is not None else {}), **cost,
+        **res,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
 
 
 def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_after: int | None = None,
@@ -481,276 +768,102 @@ def _run_outer(cfg: ExpCfg, paths: records.RunPaths, dist: "_Dist", out_dir, pro
 
 def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device, flags: dict,
          progress: bool | None, stop_after: int | None, loss_hook) -> Path:
-    from .evaluate import evaluate_model, load_eval_set, sample_fills, score_fills, write_per_image
-    from .unet import InpaintUNet
+    from .evaluate import load_eval_set
 
     tr, ev, da = cfg.train, cfg.eval, cfg.data
-    chash = config_hash(cfg)
     cache_dir = paths.dir.parent / ".cache"
     if dist.is_main:
-        records.claim_config(paths, cfg.to_dict(), chash)
+        records.claim_config(paths, cfg.to_dict(), config_hash(cfg))
         if paths.error.exists():
             paths.error.unlink()
     dist.barrier()
-
     per_rank = tr.batch_size // dist.world
     if per_rank * dist.world != tr.batch_size or per_rank % tr.grad_accum:
         raise ValueError(f"train.batch_size={tr.batch_size} must split into {dist.world} ranks x "
                          f"train.grad_accum={tr.grad_accum} equal micro-batches")
-    micro = per_rank // tr.grad_accum
     amp = bool(tr.amp_bf16 and device.type == "cuda")
 
-    # model, EMA, optimiser
-    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left untouched
-        torch.manual_seed(key_seed("init", cfg.seed))
-        model = InpaintUNet(cfg.unet_config()).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    # model, its EMA, the latent space and the distiller, the optimiser; resume or extend
+    model = init_model(cfg, device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)  # before the distiller hooks into the model
     diffusion = Diffusion.from_cfg(cfg.diffusion)
     space, ae_info = latent_space(cfg, paths.dir.parent, device)  # (None, {}) in pixel space
     kd = _Distiller(cfg, model, paths.dir.parent, device, dist, progress, space) if cfg.kd.enabled else None
-    trainable = nn.ModuleDict({"model": model, "projector": kd.projector}) if kd is not None else model
-    train_params = [p for p in trainable.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(_param_groups(trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tr.warmup))
-    train_time = 0.0
-    extended_from = None
-    prefix = _prefix_run(cfg, paths.dir.parent) if not paths.ckpt.exists() else None
-    if paths.ckpt.exists() or prefix is not None:
-        ck = records.load_checkpoint(paths.ckpt if prefix is None else prefix.ckpt, map_location=device)
-        want = chash if prefix is None else records.read_json(prefix.summary)["config_hash"]
-        if ck.get("config_hash") != want:
-            raise RuntimeError(f"{prefix.ckpt if prefix else paths.ckpt} belongs to config "
-                               f"{ck.get('config_hash')}, not {want}")
-        extended_from = ck.get("extended_from") if prefix is None else prefix.dir.name
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        if kd is not None:
-            kd.projector.load_state_dict(ck["projector"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step, train_time = int(ck["step"]), float(ck.get("train_time_s", 0.0))
-        if dist.is_main and prefix is not None:  # the shorter run's curve is this run's first part
-            rows = [r for r in records.read_jsonl(prefix.metrics) if r.get("kind") != "final"]
-            records.atomic_write_text(paths.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-            print(f"[extend] {paths.dir.name} from step {step} of {prefix.dir.name}", file=sys.stderr)
-        elif dist.is_main:
-            records.truncate_jsonl(paths.metrics, step)
-            print(f"[resume] {paths.dir.name} from step {step}", file=sys.stderr)
-    else:
-        step = 0
-        if dist.is_main and paths.metrics.exists():
-            paths.metrics.unlink()
-    dist.broadcast_params(trainable)
-    n_params = sum(p.numel() for p in model.parameters())
-
+    state = new_state(cfg, model, ema, kd.projector if kd is not None else None)
+    resume(state, paths, cfg, device, dist.is_main)
+    dist.broadcast_params(state.trainable)
     if dist.is_main:
         env = runtime.environment_info(device)
         env.update(runtime_flags=flags, world_size=dist.world, amp_bf16_active=amp, threads=flags["threads"],
                    backend=("nccl" if device.type == "cuda" else "gloo") if dist.enabled else None)
         records.write_json(paths.env, env)
 
-    # data
-    train_ds = _dataset(cfg, "train")
-    images = _preload(train_ds, cache_dir, cfg) if da.preload else None
-    n_train = len(train_ds)
-    if n_train == 0:
-        raise ValueError("the training split is empty")
-    order = _Batches(n_train, cfg.seed)
-    test_ds = _dataset(cfg, "test") if dist.is_main else None
-    final_set = None
-    if dist.is_main:  # bad test data is found now, not after training: decode and check every test item
+    # data; bad test data is found now, not after training (every test item is decoded and checked)
+    data = load_train_data(cfg, cache_dir, space, ae_info)
+    final_set = periodic = None
+    if dist.is_main:
+        test_ds = _dataset(cfg, "test")
         final_set = load_eval_set(test_ds, ev.n_eval, da.image_size, ev.mask_kind, ev.seed, check_all=True)
-    periodic = (load_eval_set(test_ds, min(ev.periodic_n, len(test_ds)), da.image_size, ev.mask_kind, ev.seed)
-                if dist.is_main and ev.periodic_n > 0 and tr.eval_every > 0 else None)
-    latents = None
-    if space is not None and images is not None:
-        from .autoencoder import cached_latents
+        if ev.periodic_n > 0 and tr.eval_every > 0:
+            periodic = load_eval_set(test_ds, min(ev.periodic_n, len(test_ds)), da.image_size, ev.mask_kind, ev.seed)
 
-        latents = cached_latents(space.ae, images, cache_dir / f"latents-{ae_info['ae_hash']}-n{len(images)}.pt")
+    def batch(s: int, lo: int, hi: int):
+        return make_batch(cfg, diffusion, data, s, lo, hi, device, space)
 
-    from .masks import generate_mask
-
-    def get_batch(s: int, lo: int, hi: int):
-        idx = [order.index(s * tr.batch_size + j) for j in range(lo, hi)]
-        x0 = images[idx] if images is not None else torch.stack([train_ds[i]["image"].float() for i in idx])
-        masks = torch.from_numpy(np.stack([
-            generate_mask(da.train_mask, da.image_size, numpy_rng("mask", cfg.seed, s, j)) for j in range(lo, hi)
-        ])).unsqueeze(1)
-        gens = sample_generators([("train", cfg.seed, s, j) for j in range(lo, hi)])
-        t = diffusion.sample_t(gens)
-        x0, masks = x0.to(device), masks.to(device)
-        if space is None:
-            masked = x0 * (1 - masks)
-        else:  # the diffusion sample is the latent; the condition is the latent of the masked image
-            z0, masks, masked = space.encode_problem(x0, masks)
-            x0 = latents[idx].to(device) if latents is not None else z0
-        noise = randn_per_sample(gens, x0.shape[1:])
-        return x0, masked, masks, t.to(device), noise.to(device)
-
-    def save_ckpt() -> None:
-        if not dist.is_main:
-            return
-        records.save_checkpoint(paths.ckpt, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            **({"projector": kd.projector.state_dict()} if kd is not None else {}),
-            "scheduler": sched.state_dict(), "step": step, "train_time_s": train_time,
-            "rng": {"torch": torch.get_rng_state()}, "config": cfg.to_dict(), "config_hash": chash,
-            "extended_from": extended_from,
-            "versions": {"torch": str(torch.__version__), "lambda_blocks": _pkg_version()},
-        })
-
-    def periodic_eval() -> None:
-        if periodic is None:
-            return
-        ema.eval()
-        es = periodic
-        x0, m = es.images.to(device), es.masks.to(device)
-        masked = None
-        if space is not None:
-            x0, m, masked = space.encode_problem(x0, m)
-        vl = diffusion.validation_loss(ema, x0, m, sample_generators([("val", i, ev.seed) for i in es.ids]),
-                                       masked=masked)
-        fills = sample_fills(ema, diffusion, es, device, tr.sample_steps, ev.spacing, batch_size=ev.batch_size,
-                             space=space)
-        from .metrics import psnr, ssim
-
-        row = {"kind": "eval", "step": step, "val_loss": float(vl.mean()), "n": len(es),
-               "ddim_steps": tr.sample_steps,
-               "psnr": float(psnr(fills.clamp(-1, 1), es.images).mean()),
-               "psnr_hole": float(psnr(fills.clamp(-1, 1), es.images, es.masks).nanmean())}
-        if min(es.images.shape[-2:]) >= 11:
-            row["ssim"] = float(ssim(fills.clamp(-1, 1), es.images).mean())
-            row["ssim_hole"] = float(ssim(fills.clamp(-1, 1), es.images, es.masks).nanmean())
-        if ev.periodic_full:  # the convergence curve: the final evaluation's metrics on the periodic set
-            full, _ = score_fills(fills, es, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir)
-            row.update({k: full[k] for k in ("lpips", "lpips_hole", "fid", "kid", "kid_std", "n_fid_images")})
-        records.append_jsonl(paths.metrics, row)
-
-    # training loop
+    # the loop
     model.train()
-    show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     bar = None
-    if show:
+    if (sys.stderr.isatty() if progress is None else progress) and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tr.steps, initial=step, desc=paths.dir.name, dynamic_ncols=True)
-    lo_rank = dist.rank * per_rank
+        bar = tqdm(total=tr.steps, initial=state.step, desc=paths.dir.name, dynamic_ncols=True)
     win_losses: list[float] = []
     win_t0, win_imgs = time.perf_counter(), 0
     end = tr.steps if stop_after is None else min(tr.steps, stop_after)
     last_loss = float("nan")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp) if device.type == "cuda" else None
-    while step < end:
-        t_step = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        kd_logs: list[dict] = []
-        for a in range(tr.grad_accum):
-            lo = lo_rank + a * micro
-            x0, masked, mask, t, noise = get_batch(step, lo, lo + micro)
-            with (autocast if autocast is not None else contextlib.nullcontext()):
-                if kd is None:
-                    loss = diffusion.training_loss(model, x0, mask, t, noise, masked=masked)
-                else:
-                    loss, log = kd.loss(diffusion, x0, masked, mask, t, noise)
-                    kd_logs.append(log)
-            if loss_hook is not None:
-                loss = loss_hook(step, loss)
-            (loss * (micro / per_rank)).backward()
-            # the logged "loss" is the eps-MSE task loss in both cases, so curves compare with and without
-            # KD; a non-finite KD total shows as a non-finite gradient norm, which stops the run below
-            task = loss.detach().double() if kd is None else torch.tensor(kd_logs[-1]["loss_task"], dtype=torch.float64)
-            loss_sum += task * micro
-        grads = [p.grad for p in train_params if p.grad is not None]
-        if dist.enabled:
-            flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype)])
-            dist.all_reduce_(flat)
-            flat /= dist.world
-            off = 0
-            for g in grads:
-                g.copy_(flat[off:off + g.numel()].view_as(g))
-                off += g.numel()
-            loss_val = float(flat[-1]) * dist.world / tr.batch_size
-        else:
-            loss_val = float(loss_sum) / tr.batch_size
-        max_norm = tr.grad_clip if tr.grad_clip > 0 else float("inf")
-        gnorm = float(torch.nn.utils.clip_grad_norm_(train_params, max_norm))
-        if not math.isfinite(loss_val) or not math.isfinite(gnorm):
-            what = "loss" if not math.isfinite(loss_val) else "gradient norm"
-            exc = TrainingDiverged(
-                f"non-finite {what} at step {step + 1} (loss={loss_val}, grad_norm={gnorm}, "
-                f"lr={opt.param_groups[0]['lr']:.3g}); lower train.lr or keep train.grad_clip > 0")
-            exc.step = step + 1
-            raise exc
-        opt.step()
-        sched.step()
-        step += 1
-        _ema_update(ema, model, min(tr.ema_decay, (1 + step) / (10 + step)))
-        dt = time.perf_counter() - t_step
-        train_time += dt
-        win_losses.append(loss_val)
+    while state.step < end:
+        t0 = time.perf_counter()
+        out = train_step(state, cfg, diffusion, batch, kd=kd, dist=dist, amp=amp, loss_hook=loss_hook)
+        dt = time.perf_counter() - t0
+        state.train_time += dt
+        step, last_loss = state.step, out.loss
+        win_losses.append(out.loss)
         win_imgs += tr.batch_size
-        last_loss = loss_val
-        if kd_logs and dist.is_main:  # every step: each term, weight and gradient norm (rank 0's)
+        if out.kd_logs and dist.is_main:  # every step: each term, weight and gradient norm (rank 0's)
             records.append_jsonl(paths.metrics, {"kind": "kd", "step": step, **{
-                k: float(np.mean([lg[k] for lg in kd_logs])) for k in kd_logs[0]}})
+                k: float(np.mean([lg[k] for lg in out.kd_logs])) for k in out.kd_logs[0]}})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{tr.batch_size / dt:.1f}")
+            bar.set_postfix(loss=f"{out.loss:.4f}", img_s=f"{tr.batch_size / dt:.1f}")
         if dist.is_main and (step % tr.log_every == 0 or step == end):
             now = time.perf_counter()
             records.append_jsonl(paths.metrics, {
-                "kind": "train", "step": step, "loss": _finite_mean(win_losses), "loss_last": loss_val,
-                "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm,
-                "images_per_s": win_imgs / max(now - win_t0, 1e-9), "elapsed": train_time,
+                "kind": "train", "step": step, "loss": _finite_mean(win_losses), "loss_last": out.loss,
+                "lr": state.opt.param_groups[0]["lr"], "grad_norm": out.grad_norm,
+                "images_per_s": win_imgs / max(now - win_t0, 1e-9), "elapsed": state.train_time,
             })
             win_losses, win_imgs, win_t0 = [], 0, now
         need_eval = tr.eval_every > 0 and step % tr.eval_every == 0
         need_ckpt = (tr.ckpt_every > 0 and step % tr.ckpt_every == 0) or step == end
-        if dist.is_main and need_eval:
-            periodic_eval()
+        if dist.is_main and need_eval and periodic is not None:
+            records.append_jsonl(paths.metrics, periodic_eval(ema, cfg, diffusion, periodic, device, step,
+                                                              space, cache_dir))
             model.train()
         if need_ckpt:
-            save_ckpt()
+            if dist.is_main:
+                save(state, paths.ckpt, cfg)
             dist.barrier()
         if need_eval or need_ckpt:
             win_t0 = time.perf_counter()
     if bar is not None:
         bar.close()
-    if step < tr.steps:  # stop_after: behave like a killed process
+    if state.step < tr.steps:  # stop_after: behave like a killed process
         return paths.dir
 
-    # final evaluation (rank 0)
-    if dist.is_main:
-        es = final_set
-        res, fills, per_image = evaluate_model(
-            ema, diffusion, es, device, steps=ev.ddim_steps, spacing=ev.spacing, init=ev.init,
-            strength=ev.strength, batch_size=ev.batch_size, lpips=ev.lpips, fid=ev.fid, cache_dir=cache_dir,
-            space=space, return_per_image=True)
-        write_per_image(paths.per_image, per_image)
-        g = list(range(min(ev.n_grid, len(es))))
-        if g:
-            records.write_samples(paths, es.masked[g], fills[g], es.images[g], es.masks[g], [es.ids[i] for i in g])
-        macs, macs_source = _macs(ema, cfg.work_size)
-        cost = _inrun_cost(ema, cfg.work_size, device)
-        train_rows = [r for r in records.read_jsonl(paths.metrics) if r.get("kind") == "train"]
-        ips = (tr.steps * tr.batch_size / train_time) if train_time > 0 else None
-        summary = {
-            "status": "done", "config_hash": chash, "arm": cfg.arm, "size": cfg.size, "preset": cfg.preset,
-            "seed": cfg.seed, "image_size": da.image_size, "steps": step, "params": n_params,
-            "macs": macs, "macs_source": macs_source,
-            "train_time_s": train_time, "images_per_s": ips,
-            "final_loss": train_rows[-1]["loss"] if train_rows else last_loss,
-            "eval_init": ev.init, "eval_ddim_steps": ev.ddim_steps, "eval_spacing": ev.spacing,
-            "prediction": cfg.diffusion.prediction, "loss_weighting": cfg.diffusion.loss_weighting,
-            "eval_mask_kind": ev.mask_kind, "world_size": dist.world, "device": device.type,
-            "extended_from": extended_from,
-            "space": cfg.latent.space, "work_size": cfg.work_size, "kd": cfg.kd.enabled,
-            "kd_weighting": cfg.kd.weighting if cfg.kd.enabled else None,
-            **ae_info, **(kd.info() if kd is not None else {}), **cost,
-            **res,
-        }
-        records.append_jsonl(paths.metrics, {"kind": "final", "step": step,
+    if dist.is_main:  # the final evaluation (rank 0)
+        summary = final_summary(state, cfg, diffusion, final_set, paths, device, space=space, cache_dir=cache_dir,
+                                kd=kd, ae_info=ae_info, world=dist.world, last_loss=last_loss)
+        records.append_jsonl(paths.metrics, {"kind": "final", "step": state.step,
                                              **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
         records.write_json(paths.summary, summary)
     dist.barrier()

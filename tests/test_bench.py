@@ -49,3 +49,27 @@ def test_gpu_check_says_clearly_there_is_no_gpu():
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
                          env={"PY": sys.executable, "PATH": "/usr/bin:/bin"}, cwd=ROOT, timeout=120)
     assert out.returncode == 2 and "no CUDA GPU" in out.stderr
+
+
+def test_the_benchmarks_time_the_runs_own_training_step(monkeypatch):
+    """bench_unet and bench_train_throughput call train.train_step (no drifting copy of the loop):
+    the step they time changes the weights exactly as the run's step does from the same start."""
+    import bench_train_throughput as BT
+
+    from lambda_blocks import train as T
+
+    calls = []
+    real = T.train_step
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _, step, net = B.make_calls("moebius", "tiny", 16, 2, torch.device("cpu"), "fp32")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    step()
+    assert calls == [1] and any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    st = BT.Stepper(BT.resolve("smoke", arm="linear"), batch=2, image_size=16)
+    st.step()
+    assert calls == [1, 1] and st.state.step == 1 and st.cfg.data.image_size == 16
+    # the same step by hand from the same start gives the same weights
+    ref = T.new_state(st.cfg, T.init_model(st.cfg))
+    real(ref, st.cfg, st.diff, lambda s, lo, hi: T.make_batch(st.cfg, st.diff, st.data, s, lo, hi))
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, st.model.state_dict()[k]), k
