@@ -105,6 +105,7 @@ class TrainCfg:
     grad_accum: int = 1
     lr: float = 1e-3
     warmup: int = 50
+    decay_steps: int = 0  # the last ``decay_steps`` steps take the LR linearly to 0 (a cool-down); 0: constant
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0  # <= 0 disables clipping
@@ -195,6 +196,7 @@ _HASH_OPTIONAL = ("latent", "kd")
 _HASH_OPTIONAL_FIELDS = {
     "diffusion": {"prediction": "eps", "loss_weighting": "none", "min_snr_gamma": 5.0},
     "eval": {"periodic_full": False},
+    "train": {"decay_steps": 0},
 }
 
 
@@ -437,6 +439,8 @@ def _validate(cfg: ExpCfg) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ValueError(f"{k} must be > 0, got {v}")
+    if not 0 <= tr.decay_steps <= tr.steps:
+        raise ValueError(f"train.decay_steps={tr.decay_steps} must be between 0 and train.steps={tr.steps}")
     nonneg = {"train.warmup": tr.warmup, "train.eval_every": tr.eval_every, "train.ckpt_every": tr.ckpt_every,
               "train.threads": tr.threads, "train.weight_decay": tr.weight_decay, "data.seed": da.seed,
               "eval.seed": ev.seed, "eval.n_grid": ev.n_grid, "eval.periodic_n": ev.periodic_n}

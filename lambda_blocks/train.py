@@ -4,7 +4,8 @@
         [--set train.lr=1e-3 --set data.image_size=64 ...] [--no-progress] [--dry-run]
     torchrun --standalone --nproc_per_node 2 -m lambda_blocks.train ...      # data parallel
 
-One loop: AdamW (no weight decay on biases and norms), linear warm-up then constant LR, EMA of the
+One loop: AdamW (no weight decay on biases and norms), linear warm-up, constant LR, an optional
+linear cool-down over the last ``train.decay_steps``, EMA of the
 weights (evaluation uses the EMA), gradient clipping, gradient accumulation, bf16 autocast on CUDA
 only, periodic evaluation, atomic checkpoints, exact resume, NaN / inf detection.
 
@@ -356,30 +357,38 @@ class _Distiller:
 # optimisation helpers
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant. Nothing here depends on ``train.steps``:
-    that is what lets a longer run start from a shorter one (``_prefix_run``); a decay to the end of
-    training would have to drop that."""
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def _lr_factor(step: int, warmup: int, steps: int = 0, decay_steps: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, constant, then (``decay_steps`` > 0) a linear cool-down
+    to 0 over the last ``decay_steps`` of ``steps`` (warm-up / stable / decay). Until the cool-down
+    starts nothing depends on ``steps``: that is what lets a run start from a shorter one
+    (``_prefix_run``)."""
+    f = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if decay_steps > 0:
+        f = min(f, max(0.0, (steps - step) / decay_steps))
+    return f
 
 
 def _prefix_run(cfg: ExpCfg, out_dir: Path) -> records.RunPaths | None:
-    """The longest finished run in ``out_dir`` whose config is this one with fewer ``train.steps``.
+    """The longest finished run in ``out_dir`` that this run continues: the same config with fewer
+    ``train.steps`` and no cool-down, ending before this run's cool-down starts.
 
-    Nothing in a training step depends on the total: the learning rate is constant after warm-up,
-    and each step's batch, masks, timesteps and noise are keyed by (seed, step, slot). So the first
-    N steps of a longer run are exactly the N steps of the shorter one, and the longer run starts
-    from its final checkpoint (recorded as ``extended_from``) instead of repeating them; the test
-    suite checks the weights come out bit-identical to training the longer run from scratch.
+    Nothing in a training step before the cool-down depends on the total: the learning rate is
+    constant after warm-up, and each step's batch, masks, timesteps and noise are keyed by (seed,
+    step, slot). So the first N steps of a longer run are exactly the N steps of the shorter one,
+    and the longer run starts from its final checkpoint (recorded as ``extended_from``) instead of
+    repeating them; the tests check the weights come out bit-identical to training from scratch.
+    One constant-LR run thus serves every longer budget and every cool-down that starts after it.
     """
     best: tuple[int, records.RunPaths] | None = None
+    last = cfg.train.steps - cfg.train.decay_steps  # the prefix must end before the cool-down starts
     for d in sorted(Path(out_dir).glob(f"{cfg.tag}-{cfg.preset}-{cfg.size}-s{cfg.seed}-*")):
         rp = records.RunPaths(d)
         s = records.read_json(rp.summary) or {}
         n = s.get("steps")
-        if s.get("status") != "done" or not isinstance(n, int) or not 0 < n < cfg.train.steps or not rp.ckpt.exists():
+        if s.get("status") != "done" or not isinstance(n, int) or not 0 < n <= last or n == cfg.train.steps \
+                or not rp.ckpt.exists():
             continue
-        short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=n))
+        short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=n, decay_steps=0))
         if s.get("config_hash") == config_hash(short) and (best is None or n > best[0]):
             best = (n, rp)
     return best[1] if best else None
@@ -450,7 +459,7 @@ def new_state(cfg: ExpCfg, model: nn.Module, ema: nn.Module | None = None,
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ema is None else ema
     st = TrainState(model, ema, None, None, projector)  # type: ignore[arg-type]
     st.opt = torch.optim.AdamW(_param_groups(st.trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
-    st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: _lr_factor(s, tr.warmup))
+    st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: _lr_factor(s, tr.warmup, tr.steps, tr.decay_steps))
     return st
 
 

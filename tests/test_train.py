@@ -151,6 +151,31 @@ def test_longer_run_starts_from_the_shorter_one_and_is_bit_identical_to_training
     assert records.load_checkpoint(tmp_path / "b" / short.run_name / "ckpt.pt")["step"] == 4  # left as it was
 
 
+def test_a_cool_down_starts_from_a_constant_run_that_ends_before_it(tmp_path):
+    """Warm-up / stable / decay: a 6-step run whose last 2 steps take the LR to 0 continues the
+    finished 4-step constant-LR run (bit-identical to training it from scratch); one whose cool-down
+    would start at step 2 does not, because the 4-step run's LR was not decaying there."""
+    base = {"train.eval_every": 0, "train.ckpt_every": 0, "train.log_every": 1, "train.warmup": 1}
+    const4 = tiny_cfg(**base, **{"train.steps": 4})
+    wsd = tiny_cfg(**base, **{"train.steps": 6, "train.decay_steps": 2})
+    early = tiny_cfg(**base, **{"train.steps": 6, "train.decay_steps": 4})
+    scratch = run(wsd, tmp_path / "a", progress=False)
+    run(const4, tmp_path / "b", progress=False)
+    ext, no = run(wsd, tmp_path / "b", progress=False), run(early, tmp_path / "b", progress=False)
+    assert json.loads((ext / "summary.json").read_text())["extended_from"] == const4.run_name
+    assert json.loads((no / "summary.json").read_text())["extended_from"] is None
+    a, b = params_of(scratch), params_of(ext)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [r["lr"] for r in records.read_jsonl(ext / "metrics.jsonl") if r["kind"] == "train"]
+    lr = wsd.train.lr
+    assert lrs == pytest.approx([lr, lr, lr, lr, lr / 2, 0.0])  # logged after each step's update
+    lrs_early = [r["lr"] for r in records.read_jsonl(no / "metrics.jsonl") if r["kind"] == "train"]
+    assert lrs_early == pytest.approx([lr, lr, lr * 3 / 4, lr / 2, lr / 4, 0.0])
+    assert config_hash(const4) == config_hash(tiny_cfg(**base, **{"train.steps": 4, "train.decay_steps": 0}))
+    with pytest.raises(ValueError, match="decay_steps"):
+        tiny_cfg(**{"train.steps": 4, "train.decay_steps": 5})
+
+
 def test_grad_accum_matches_one_batch(tmp_path):
     a = run(tiny_cfg(**{"train.steps": 3, "train.log_every": 1, "train.eval_every": 0}), tmp_path, progress=False)
     b = run(tiny_cfg(**{"train.steps": 3, "train.log_every": 1, "train.eval_every": 0, "train.grad_accum": 2}),
