@@ -6,9 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from lambda_blocks.config import PRESETS  # one list of presets
+
 from .runner import ROOT, run_sweep
 
-PRESETS = ("smoke", "dev", "paper")
 STUDY_SWEEPS = ("floor.yaml", "quality_vs_size.yaml", "resolution.yaml", "table2.yaml", "distill.yaml")
 FIGURE_NOTEBOOKS = ("notebooks/30_quality_vs_size.ipynb", "notebooks/90_paper_figures.ipynb")
 

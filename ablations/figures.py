@@ -10,7 +10,13 @@ import pandas as pd
 from lambda_blocks import plotting as P
 from lambda_blocks.unet import canonical_arm
 
-VARIANT_ARMS = ["vanilla", "linear", "local_lambda", "interactive_lambda", "lmi"]
+
+
+def variant_arms() -> list[str]:
+    """One arm per registered mixer (``lambda_blocks.unet.variant_arm_names``)."""
+    from lambda_blocks.unet import variant_arm_names
+
+    return variant_arm_names()
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -44,7 +50,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         learned_all, floors_all = P.split_kinds(done_all)
         learned = P.with_recipe(learned_all, preset)
         done, latent = P.split_runs(learned)  # pixel-space runs without KD | the distillation study
-        variants = done[done["arm"].isin(VARIANT_ARMS)]
+        variants = done[done["arm"].isin(variant_arms())]
         caption = P.caption_for(done, preset)
         if len(variants):
             size_px = int(variants["image_size"].mode().iloc[0])
@@ -61,7 +67,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             size = variants["size"].value_counts().index[0]
             seed = int(variants["seed"].min())
             pick = variants[(variants["size"] == size) & (variants["seed"] == seed)]
-            order = {a: i for i, a in enumerate(VARIANT_ARMS)}
+            order = {a: i for i, a in enumerate(variant_arms())}
             pick = pick.sort_values("arm", key=lambda c: c.map(order))
             samples = P.load_samples(results_dir / "samples", pd.concat([fl, pick]), label_of=lambda r: r["arm"])
             if samples:
@@ -69,7 +75,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         t2_arms = {canonical_arm(a) for a in P.TABLE2_ORDER}
         t2 = done[done["arm"].isin(t2_arms)]
         if len(t2):  # one size: the one the Table 2-only arms were trained at (else the most common)
-            own = t2[~t2["arm"].isin(VARIANT_ARMS)]
+            own = t2[~t2["arm"].isin(variant_arms())]
             t2 = t2[t2["size"] == (own if len(own) else t2)["size"].mode().iloc[0]]
             fl = P.floors_at(floors_all, int(t2["image_size"].mode().iloc[0]))
             md, tex = P.table2(t2, P.caption_for(t2, preset), fl)
@@ -116,7 +122,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             curves = curves[curves["run_id"].isin(pixel_ids)]
         if runs is not None:
             curves = curves[curves["run_id"].isin(set(P.with_recipe(P.split_kinds(runs)[0], preset)["run_id"]))]
-        curves = curves[curves["arm"].isin(VARIANT_ARMS)]
+        curves = curves[curves["arm"].isin(variant_arms())]
         if len(curves):
             written += P.fig_training_curves(curves, figures_dir)
     if profile is not None and len(profile) and (profile["kind"] == "block").any():

@@ -11,6 +11,7 @@ A sweep file (``ablations/*.yaml``)::
       arm: [vanilla, linear, local_lambda, lmi]
       size: [tiny, small, base]
       seed: [0, 1]
+                                 # arm: variants  -> one arm per registered mixer (unet.variant_arms)
     fixed: {}                    # parameters shared by every point
     presets:                     # per-preset replacements of grid lists / fixed values
       smoke: {grid: {size: [tiny, small], seed: [0]}}
@@ -64,6 +65,7 @@ class Sweep:
         points = []
         for grid in grids:  # a list of grids is the union of their products
             keys = list(grid)
+            grid = {k: (_variant_arms() if k == "arm" and v == "variants" else v) for k, v in grid.items()}
             for k in keys:
                 if not isinstance(grid[k], list) or not grid[k]:
                     raise ValueError(f"sweep {self.name}: grid entry {k!r} must be a non-empty list")
@@ -72,6 +74,12 @@ class Sweep:
                 if point not in points:
                     points.append(point)
         return points
+
+
+def _variant_arms() -> list[str]:
+    from lambda_blocks.unet import variant_arm_names
+
+    return variant_arm_names()
 
 
 def load_sweep(path: Path | str) -> Sweep:

@@ -151,11 +151,11 @@ def run_floor(preset: str, method: str, out_dir: str | Path, overrides: Mapping[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import parse_sets
+    from .config import PRESETS, parse_sets
 
     ap = argparse.ArgumentParser(prog="python -m lambda_blocks.classical", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="smoke", choices=("smoke", "dev", "paper"))
+    ap.add_argument("--preset", default="smoke", choices=list(PRESETS))
     ap.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default="runs")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

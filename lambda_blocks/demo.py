@@ -12,10 +12,7 @@ import argparse
 import torch
 
 from .layers import create_attention, list_attention
-from .unet import SIZES, build_unet
-
-VARIANT_ARMS = ("vanilla", "linear", "local_lambda", "interactive_lambda", "lmi")
-
+from .unet import SIZES, build_unet, variant_arm_names
 
 def variant_table(width: int, sizes: list[int], tokens: int) -> list[dict]:
     rows = []
@@ -27,7 +24,9 @@ def variant_table(width: int, sizes: list[int], tokens: int) -> list[dict]:
     return rows
 
 
-def unet_table(arms=VARIANT_ARMS, sizes=tuple(SIZES)) -> list[dict]:
+def unet_table(arms=None, sizes=tuple(SIZES)) -> list[dict]:
+    """Parameters of each arm (default: one per registered mixer) at each size."""
+    arms = variant_arm_names() if arms is None else arms
     return [dict(arm=arm, size=size, params=build_unet(arm, size).num_params()) for arm in arms for size in sizes]
 
 
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\nInpaint U-Net parameters per arm and size preset:")
     print(f"{'arm':<20}" + "".join(f"{s:>12}" for s in SIZES))
     table = unet_table()
-    for arm in VARIANT_ARMS:
+    for arm in variant_arm_names():
         print(f"{arm:<20}" + "".join(f"{r['params']:>12,}" for r in table if r["arm"] == arm))
 
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import types
 
-PRESETS = ("smoke", "dev", "paper")
+from .config import PRESETS  # noqa: E402  (one list of presets)
 
 
-def _csv_of(allowed=None, cast=str):
+def _csv_of(allowed=None, cast=str, every=None):
+    """A comma-separated list; ``"all"`` means ``every()`` (e.g. every registered mixer, in order)."""
+
     def check(name, value):
         if not isinstance(value, str):
             raise TypeError(f"parameter {name!r} must be a comma-separated string, got {type(value).__name__}")
+        if every is not None and value.strip() == "all":
+            return list(every())
         items = [v.strip() for v in value.split(",") if v.strip()]
         if not items:
             raise ValueError(f"parameter {name!r} is empty")
@@ -53,6 +57,18 @@ def _variants():
     return set(list_attention())
 
 
+def _every_mixer():
+    from .layers import mixers
+
+    return mixers()
+
+
+def _every_variant_arm():
+    from .unet import variant_arm_names
+
+    return variant_arm_names()
+
+
 def _one_of(allowed):
     def check(name, value):
         vals = allowed() if callable(allowed) else allowed
@@ -76,8 +92,8 @@ SCHEMAS: dict[str, dict[str, tuple[type, object]]] = {
     "20_profile": {
         "preset": (str, _one_of(PRESETS)),
         "mode": (str, _one_of(("block", "unet"))),
-        "variants": (str, _csv_of(_variants)),
-        "arms": (str, _csv_of(_arms)),
+        "variants": (str, _csv_of(_variants, every=_every_mixer)),
+        "arms": (str, _csv_of(_arms, every=_every_variant_arm)),
         "sizes": (str, _csv_of(cast=int)),
         "unet_sizes": (str, _csv_of(_sizes)),
         "unet_image_size": (int, None),

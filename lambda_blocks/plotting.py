@@ -13,19 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .layers.common import RegistryView
 from .records import atomic_write_bytes, atomic_write_text  # the one atomic writer of the package
 
-LABELS = {
-    "vanilla": "Softmax attn",
-    "linear": "Linear attn (= baseline)",
-    "local_lambda": "Local-λ (= swap self)",
-    "interactive_lambda": "Interactive-λ (= swap cross)",
-    "lmi": "LλMI (= Moebius)",
+_ALIAS_WORDS = {"baseline": "baseline", "swap_self": "swap self", "swap_cross": "swap cross", "moebius": "Moebius"}
+_FIXED_LABELS = {
     # the classical floor (lambda_blocks.classical)
     "mean": "floor: mean colour",
     "biharmonic": "floor: biharmonic",
     "telea": "floor: Telea",
     "ns": "floor: Navier-Stokes",
+    # Table 2 arms
     "baseline": "baseline (linear / CA / FFN / conv)",
     "swap_self": "swap self → Local-λ",
     "swap_cross": "swap cross → Interactive-λ",
@@ -35,13 +33,39 @@ LABELS = {
     "both_lambda_dw": "both λ + DW",
     "moebius": "Moebius (LλMI + DW)",
 }
-PALETTE = {
-    "vanilla": "#4C72B0",
-    "linear": "#DD8452",
-    "local_lambda": "#55A868",
-    "interactive_lambda": "#8172B3",
-    "lmi": "#C44E52",
-}
+_FALLBACK_COLORS = ("#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD", "#2F4B7C")
+
+
+def _variant_labels() -> dict[str, str]:
+    """A variant arm's label is its mixer's registered label, plus the Table 2 names of the same
+    network: "Linear attn (= baseline)"."""
+    from .layers.common import get_attention_class
+    from .unet import arm_names, variant_arm_names
+
+    out = {}
+    for arm in variant_arm_names():
+        also = [_ALIAS_WORDS.get(a, a) for a in arm_names(arm)[1:]]
+        out[arm] = get_attention_class(arm).label + (f" ({'= ' + ', '.join(also)})" if also else "")
+    return out
+
+
+def _labels() -> dict[str, str]:
+    return {**_variant_labels(), **_FIXED_LABELS}
+
+
+def _palette() -> dict[str, str]:
+    """The variant arms' colours: the registered one, else the next unused fallback colour."""
+    from .layers.common import get_attention_class
+    from .unet import variant_arm_names
+
+    out, spare = {}, iter(_FALLBACK_COLORS)
+    for arm in variant_arm_names():
+        out[arm] = get_attention_class(arm).color or next(spare, "#000000")
+    return out
+
+
+LABELS = RegistryView(_labels)  # recomputed on use: a mixer registered later gets its label and colour
+PALETTE = RegistryView(_palette)
 FLOOR_STYLE = {"mean": ":", "biharmonic": "--", "telea": "-.", "ns": (0, (6, 2, 1, 2, 1, 2))}
 FLOORS = tuple(FLOOR_STYLE)
 TABLE2_ORDER = ["baseline", "swap_self", "swap_cross", "swap_ffn", "swap_conv", "both_lambda", "both_lambda_dw", "moebius"]

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import records, runtime
-from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
+from .config import PRESETS, ExpCfg, config_hash, parse_overrides, parse_sets, resolve
 from .loading import latent_space, load_run_model
 from .diffusion import Diffusion
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
@@ -894,7 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lambda_blocks.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="smoke", choices=("smoke", "dev", "paper"))
+    ap.add_argument("--preset", default="smoke", choices=list(PRESETS))
     ap.add_argument("--attn", "--arm", dest="arm", default="lmi", choices=list(ARMS), help="U-Net arm (unet.ARMS)")
     ap.add_argument("--size", default=None, choices=list(SIZES), help="size preset (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.blocks import CROSS_MIXERS, FFNS, SELF_MIXERS, MixBlock2d, group_norm
+from .layers.blocks import FFNS, MixBlock2d, cross_mixers, group_norm, self_mixers
+from .layers.common import RegistryView, get_attention_class, mixers
 
 CONVS = ("dense", "depthwise")
 CONTEXTS = ("category", "image", "none")
@@ -38,7 +40,9 @@ class UNetConfig:
         widths: channels per level; the number of levels is len(widths).
         res_blocks: residual blocks per encoder level (decoder has one more).
         mix_levels: levels (0 = full resolution) that carry a mixing block after each res block.
-        self_mixer, cross_mixer, ffn: the mixing block's parts (see `MixBlock2d`).
+        self_mixer, cross_mixer, ffn: the mixing block's parts (see `MixBlock2d`); ``self_mixer`` and
+            ``cross_mixer`` may be a tuple with one name per level, e.g. softmax attention at the
+            lowest resolution and Local-λ at full resolution: ``("local_lambda", "vanilla")``.
         conv: ``dense`` or ``depthwise`` (depthwise-separable) convs in the residual blocks.
         heads: heads / queries per position of every mixer.
         context: ``category``, ``image`` or ``none`` (then cross_mixer must be ``none``).
@@ -54,8 +58,8 @@ class UNetConfig:
     widths: tuple[int, ...] = (32, 64)
     res_blocks: int = 1
     mix_levels: tuple[int, ...] = (0, 1)
-    self_mixer: str = "local_lambda"
-    cross_mixer: str = "interactive_lambda"
+    self_mixer: str | tuple[str, ...] = "local_lambda"  # a tuple: one per level (index 0 = full resolution)
+    cross_mixer: str | tuple[str, ...] = "interactive_lambda"
     ffn: str = "mixffn"
     conv: str = "depthwise"
     heads: int = 4
@@ -81,11 +85,21 @@ class UNetConfig:
         bad = [lv for lv in self.mix_levels if not 0 <= lv < len(self.widths)]
         if bad:
             raise ValueError(f"UNetConfig.mix_levels {bad} out of range for {len(self.widths)} levels")
-        for key, allowed in (("self_mixer", SELF_MIXERS), ("cross_mixer", CROSS_MIXERS), ("ffn", FFNS),
+        for key in ("self_mixer", "cross_mixer"):
+            val = getattr(self, key)
+            if isinstance(val, (list, tuple)):
+                object.__setattr__(self, key, tuple(val))
+                if len(val) != len(self.widths):
+                    raise ValueError(f"UNetConfig.{key} per level needs one name per level ({len(self.widths)}), "
+                                     f"got {list(val)}")
+        for key, allowed in (("self_mixer", self_mixers()), ("cross_mixer", cross_mixers()), ("ffn", FFNS),
                              ("conv", CONVS), ("context", CONTEXTS)):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"UNetConfig.{key}={getattr(self, key)!r}; choose one of {allowed}")
-        if self.context == "none" and self.cross_mixer != "none":
+            val = getattr(self, key)
+            for v in (val if isinstance(val, tuple) else (val,)):
+                if v not in allowed:
+                    raise ValueError(f"UNetConfig.{key}={val!r}; choose one of {allowed}"
+                                     + (" (per level: a tuple of those)" if key.endswith("mixer") else ""))
+        if self.context == "none" and any(self.mixer_at(lv)[1] != "none" for lv in range(len(self.widths))):
             raise ValueError("cross_mixer needs context tokens: set context to 'category' or 'image'")
         if self.context == "image" and math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
             raise ValueError(f"context='image' pools a g x g grid: num_tokens must be a square, got {self.num_tokens}")
@@ -94,22 +108,51 @@ class UNetConfig:
     def levels(self) -> int:
         return len(self.widths)
 
+    def mixer_at(self, level: int) -> tuple[str, str]:
+        """(self mixer, cross mixer) of the mixing blocks at ``level``."""
+        pick = lambda v: v[level] if isinstance(v, tuple) else v  # noqa: E731
+        return pick(self.self_mixer), pick(self.cross_mixer)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["widths"], d["mix_levels"] = list(self.widths), list(self.mix_levels)
+        for key in ("self_mixer", "cross_mixer"):
+            if isinstance(d[key], tuple):
+                d[key] = list(d[key])
         return d
 
 
-# The paper's Table 2 arms (MOEBIUS_SPEC section 10) plus one arm per attention variant.
-# Each arm fixes (self_mixer, cross_mixer, ffn, conv); the GLA baseline is our `linear` attention.
-ARMS: dict[str, dict] = {
-    # one arm per attention variant (the quality-versus-size study)
-    "vanilla": dict(self_mixer="vanilla", cross_mixer="vanilla", ffn="mlp", conv="dense"),
-    "linear": dict(self_mixer="linear", cross_mixer="vanilla", ffn="mlp", conv="dense"),
-    "local_lambda": dict(self_mixer="local_lambda", cross_mixer="vanilla", ffn="mlp", conv="dense"),
-    "interactive_lambda": dict(self_mixer="linear", cross_mixer="interactive_lambda", ffn="mlp", conv="dense"),
-    "lmi": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
-    # Table 2 arms
+# Arms. One per registered mixer (the quality-versus-size study), derived from the registry, and
+# the paper's Table 2 arms (MOEBIUS_SPEC section 10). Each fixes (self_mixer, cross_mixer, ffn,
+# conv); the GLA baseline is our `linear` attention.
+_SELF_ARM = dict(cross_mixer="vanilla", ffn="mlp", conv="dense")  # a self mixer in the baseline's block
+_CROSS_ARM = dict(self_mixer="linear", ffn="mlp", conv="dense")  # a cross mixer in the baseline's block
+
+
+def variant_arms() -> dict[str, dict]:
+    """One arm per registered mixer, in registration order: a self mixer replaces the baseline's
+    linear attention, a cross mixer its softmax cross-attention, a mixer of both roles takes both
+    places, and a block mixer declares its own ``arm``."""
+    out = {}
+    for name in mixers():
+        cls = get_attention_class(name)
+        if "block" in cls.roles:
+            out[name] = dict(cls.arm)
+        elif "self" in cls.roles and "cross" in cls.roles:
+            out[name] = dict(self_mixer=name, cross_mixer=name, ffn="mlp", conv="dense")
+        elif "self" in cls.roles:
+            out[name] = dict(self_mixer=name, **_SELF_ARM)
+        else:
+            out[name] = dict(cross_mixer=name, **_CROSS_ARM)
+    return out
+
+
+def variant_arm_names() -> list[str]:
+    """The variant arms (``variant_arms``) by name: the arms of the quality-versus-size study."""
+    return list(variant_arms())
+
+
+TABLE2_ARMS: dict[str, dict] = {
     "baseline": dict(self_mixer="linear", cross_mixer="vanilla", ffn="mlp", conv="dense"),
     "swap_self": dict(self_mixer="local_lambda", cross_mixer="vanilla", ffn="mlp", conv="dense"),
     "swap_cross": dict(self_mixer="linear", cross_mixer="interactive_lambda", ffn="mlp", conv="dense"),
@@ -120,19 +163,27 @@ ARMS: dict[str, dict] = {
     "moebius": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
 }
 
+
+def _all_arms() -> dict[str, dict]:
+    return {**variant_arms(), **TABLE2_ARMS}
+
+
+ARMS: Mapping[str, dict] = RegistryView(_all_arms)
+
+
 def _aliases() -> dict[str, str]:
     """Arm -> canonical arm: arms that build the same network share the first-declared name
     (``baseline`` -> ``linear``, ``swap_self`` -> ``local_lambda``, ``swap_cross`` ->
     ``interactive_lambda``, ``moebius`` -> ``lmi``), so one architecture is trained once."""
     first: dict[tuple, str] = {}
     out = {}
-    for name, spec in ARMS.items():
+    for name, spec in _all_arms().items():
         key = tuple(sorted(spec.items()))
         out[name] = first.setdefault(key, name)
     return out
 
 
-ARM_ALIASES: dict[str, str] = _aliases()
+ARM_ALIASES: Mapping[str, str] = RegistryView(_aliases)
 
 
 def canonical_arm(arm: str) -> str:
@@ -210,15 +261,16 @@ class ResBlock(nn.Module):
 
 
 class Stage(nn.Module):
-    """A res block optionally followed by a residual mixing block."""
+    """A res block optionally followed by a residual mixing block (the mixers of ``level``)."""
 
-    def __init__(self, cin: int, cout: int, cfg: UNetConfig, time_dim: int, mix: bool):
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig, time_dim: int, mix: bool, level: int = 0):
         super().__init__()
         self.res = ResBlock(cin, cout, time_dim, cfg.conv)
         self.mix = None
-        if mix and (cfg.self_mixer, cfg.cross_mixer, cfg.ffn) != ("none", "none", "none"):
+        sm, cm = cfg.mixer_at(level)
+        if mix and (sm, cm, cfg.ffn) != ("none", "none", "none"):
             self.mix = MixBlock2d(
-                cout, cfg.self_mixer, cfg.cross_mixer, cfg.ffn, context_dim=cfg.context_dim, heads=cfg.heads,
+                cout, sm, cm, cfg.ffn, context_dim=cfg.context_dim, heads=cfg.heads,
                 self_kwargs=cfg.self_kwargs, cross_kwargs=cfg.cross_kwargs, ffn_ratio=cfg.ffn_ratio,
             )
 
@@ -272,7 +324,7 @@ class InpaintUNet(nn.Module):
         for lv, width in enumerate(cfg.widths):
             stages = nn.ModuleList()
             for _ in range(cfg.res_blocks):
-                stages.append(Stage(ch, width, cfg, time_dim, lv in cfg.mix_levels))
+                stages.append(Stage(ch, width, cfg, time_dim, lv in cfg.mix_levels, lv))
                 ch = width
                 skips.append(ch)
             self.down.append(stages)
@@ -281,12 +333,13 @@ class InpaintUNet(nn.Module):
                 skips.append(ch)
         self.mid = None
         if cfg.mid_block:
-            self.mid = nn.ModuleList([Stage(ch, ch, cfg, time_dim, True), Stage(ch, ch, cfg, time_dim, False)])
+            low = cfg.levels - 1
+            self.mid = nn.ModuleList([Stage(ch, ch, cfg, time_dim, True, low), Stage(ch, ch, cfg, time_dim, False, low)])
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for lv in reversed(range(cfg.levels)):
             stages = nn.ModuleList()
             for _ in range(cfg.res_blocks + 1):
-                stages.append(Stage(ch + skips.pop(), cfg.widths[lv], cfg, time_dim, lv in cfg.mix_levels))
+                stages.append(Stage(ch + skips.pop(), cfg.widths[lv], cfg, time_dim, lv in cfg.mix_levels, lv))
                 ch = cfg.widths[lv]
             self.up.append(stages)
             if lv > 0:

@@ -11,10 +11,10 @@ import torch
 
 from lambda_blocks import runtime
 from lambda_blocks.config import PRESETS, ExpCfg, config_hash, resolve, valid_keys
-from lambda_blocks.unet import ARMS, SIZES
+from lambda_blocks.unet import ARMS, SIZES, variant_arm_names
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANT_ARMS = ("vanilla", "linear", "local_lambda", "interactive_lambda", "lmi")
+VARIANT_ARMS = variant_arm_names()  # one arm per registered mixer
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

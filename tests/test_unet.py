@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from lambda_blocks.unet import ARMS, SIZES, InpaintUNet, UNetConfig, build_unet, unet_config
+from lambda_blocks.unet import ARMS, SIZES, InpaintUNet, UNetConfig, build_unet, unet_config, variant_arm_names
 
-VARIANT_ARMS = ["vanilla", "linear", "local_lambda", "interactive_lambda", "lmi"]
+VARIANT_ARMS = variant_arm_names()  # one arm per registered mixer
 
 
 def inputs(b, c, h, w):

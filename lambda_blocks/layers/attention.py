@@ -35,7 +35,7 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return F.scaled_dot_product_attention(q, k, v)
 
 
-@register_attention("vanilla")
+@register_attention("vanilla", roles=("self", "cross"), label="Softmax attn", color="#4C72B0")
 class VanillaAttention(TokenMixer):
     """Multi-head softmax attention over pixels (self) or context tokens (cross).
 
@@ -52,6 +52,7 @@ class VanillaAttention(TokenMixer):
     """
 
     supports_context = True
+    role_argument = "mode"  # the block passes mode="self" / "cross"
 
     def __init__(
         self, dim: int, heads: int = 4, dim_head: int | None = None, context_dim: int | None = None, mode: str = "both"
@@ -98,7 +99,7 @@ class VanillaAttention(TokenMixer):
 FEATURE_MAPS = {"elu": lambda t: F.elu(t) + 1.0, "relu": F.relu}
 
 
-@register_attention("linear")
+@register_attention("linear", roles=("self",), label="Linear attn", color="#DD8452")
 class LinearAttention(TokenMixer):
     """Kernelised linear self-attention (Katharopoulos et al. 2020), linear in H*W.
 

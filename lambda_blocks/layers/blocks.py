@@ -17,11 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, TokenMixer, check_positive, create_attention, register_attention
+from .common import LayerNorm2d, TokenMixer, check_positive, create_mixer, mixers, register_attention
 
-SELF_MIXERS = ("vanilla", "linear", "local_lambda", "none")
-CROSS_MIXERS = ("vanilla", "interactive_lambda", "none")
 FFNS = ("mlp", "mixffn", "none")
+
+
+def self_mixers() -> tuple[str, ...]:
+    """The block's self-mixer choices: every registered mixer with the ``self`` role, and ``none``."""
+    return mixers("self") + ("none",)
+
+
+def cross_mixers() -> tuple[str, ...]:
+    """The block's cross-mixer choices: every registered mixer with the ``cross`` role, and ``none``."""
+    return mixers("cross") + ("none",)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -87,8 +95,8 @@ class MixBlock2d(nn.Module):
 
     Args:
         dim: channels C.
-        self_mixer: one of ``SELF_MIXERS``.
-        cross_mixer: one of ``CROSS_MIXERS``.
+        self_mixer: a registered mixer with the ``self`` role, or ``none`` (``self_mixers()``).
+        cross_mixer: a registered mixer with the ``cross`` role, or ``none`` (``cross_mixers()``).
         ffn: one of ``FFNS``.
         context_dim: channels of the context tokens.
         heads: heads / queries of every mixer.
@@ -112,10 +120,10 @@ class MixBlock2d(nn.Module):
     ):
         super().__init__()
         check_positive(dim=dim, heads=heads, context_dim=context_dim)
-        if self_mixer not in SELF_MIXERS:
-            raise ValueError(f"unknown self mixer {self_mixer!r}; choose one of {SELF_MIXERS}")
-        if cross_mixer not in CROSS_MIXERS:
-            raise ValueError(f"unknown cross mixer {cross_mixer!r}; choose one of {CROSS_MIXERS}")
+        if self_mixer not in self_mixers():
+            raise ValueError(f"unknown self mixer {self_mixer!r}; choose one of {self_mixers()}")
+        if cross_mixer not in cross_mixers():
+            raise ValueError(f"unknown cross mixer {cross_mixer!r}; choose one of {cross_mixers()}")
         self.dim = dim
         self.context_dim = context_dim or dim
         self.norm_in = group_norm(dim)
@@ -123,13 +131,11 @@ class MixBlock2d(nn.Module):
         self.self_mixer = self.cross_mixer = None
         if self_mixer != "none":
             self.norm1 = LayerNorm2d(dim)
-            extra = {"mode": "self"} if self_mixer == "vanilla" else {}
-            self.self_mixer = create_attention(self_mixer, dim, heads=heads, **extra, **(self_kwargs or {}))
+            self.self_mixer = create_mixer(self_mixer, dim, "self", heads=heads, **(self_kwargs or {}))
         if cross_mixer != "none":
             self.norm2 = LayerNorm2d(dim)
-            extra = {"mode": "cross"} if cross_mixer == "vanilla" else {}
-            self.cross_mixer = create_attention(
-                cross_mixer, dim, heads=heads, context_dim=self.context_dim, **extra, **(cross_kwargs or {})
+            self.cross_mixer = create_mixer(
+                cross_mixer, dim, "cross", heads=heads, context_dim=self.context_dim, **(cross_kwargs or {})
             )
         self.ffn = make_ffn(ffn, dim, ffn_ratio)
         if self.ffn is not None:
@@ -160,7 +166,7 @@ class MixBlock2d(nn.Module):
         return total
 
 
-@register_attention("lmi")
+@register_attention("lmi", roles=("block",), label="LλMI", color="#C44E52")
 class LMIBlock(TokenMixer):
     """LλMI (Moebius section 5): Local-λ, then Interactive-λ over the context, then Mix-FFN.
 
@@ -180,6 +186,8 @@ class LMIBlock(TokenMixer):
 
     supports_context = True
     requires_context = True
+    # the U-Net arm this block stands for (``unet.variant_arms``): its parts in every mixing block
+    arm = dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise")
 
     def __init__(
         self,

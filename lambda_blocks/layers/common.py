@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ __all__ = [
     "register_attention",
     "list_attention",
     "create_attention",
+    "create_mixer",
+    "mixers",
+    "unregister_attention",
+    "ROLES",
+    "RegistryView",
     "explicit_ops",
     "explicit_ops_enabled",
     "make_norm2d",
@@ -56,17 +61,76 @@ def explicit_ops_enabled() -> bool:
     return _EXPLICIT.get()
 
 
-def register_attention(name: str) -> Callable[[type], type]:
-    """Class decorator adding a mixer to the registry; a duplicate name is an error."""
+ROLES = ("self", "cross", "block")
+
+
+def register_attention(name: str, *, roles: tuple[str, ...] = ("self",), label: str | None = None,
+                       color: str | None = None) -> Callable[[type], type]:
+    """Class decorator adding a mixer to the registry; a duplicate name is an error.
+
+    The registry is the single source of truth up to the study: ``roles`` says where the mixer
+    may sit (``self``: the block's self-mixer over pixels; ``cross``: its cross-mixer over the
+    context tokens; ``block``: a whole block, which then declares the ``arm`` it stands for),
+    ``label`` and ``color`` are how figures and tables name and draw its arm. The U-Net's allowed
+    choices, the variant arms (``unet.variant_arms``), the labels and the palette derive from it.
+    A mixer with several roles takes its role through the argument named by its ``role_argument``.
+    """
+    roles = tuple(roles)
+    if not roles or any(r not in ROLES for r in roles):
+        raise ValueError(f"{name}: roles must be a non-empty subset of {ROLES}, got {roles}")
 
     def deco(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"attention variant {name!r} is already registered ({_REGISTRY[name]})")
-        cls.name = name
+        if "block" in roles and not isinstance(getattr(cls, "arm", None), dict):
+            raise TypeError(f"{name}: a block mixer declares the U-Net arm it stands for as a class attribute `arm`")
+        cls.name, cls.roles, cls.label, cls.color = name, roles, label or name, color
         _REGISTRY[name] = cls
         return cls
 
     return deco
+
+
+class RegistryView(Mapping):
+    """A read-only mapping recomputed from the registry on every use, so a mixer registered after
+    import (a plug-in, a test's throw-away mixer) appears in what derives from it (arms, labels)."""
+
+    def __init__(self, fn: Callable[[], dict]):
+        self._fn = fn
+
+    def __getitem__(self, key):
+        return self._fn()[key]
+
+    def __iter__(self):
+        return iter(self._fn())
+
+    def __len__(self) -> int:
+        return len(self._fn())
+
+    def __repr__(self) -> str:
+        return repr(self._fn())
+
+
+def unregister_attention(name: str) -> None:
+    """Remove a mixer (tests that register a throw-away one clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def mixers(role: str | None = None) -> tuple[str, ...]:
+    """Registered mixer names in registration order, optionally only those that can play ``role``."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; choose one of {ROLES}")
+    return tuple(n for n, c in _REGISTRY.items() if role is None or role in c.roles)
+
+
+def create_mixer(name: str, dim: int, role: str, **kwargs) -> "TokenMixer":
+    """``create_attention`` for a mixer in a role of the block (ValueError when it cannot play it)."""
+    cls = get_attention_class(name)
+    if role not in cls.roles:
+        raise ValueError(f"{name} cannot be a {role} mixer; {role} mixers: {', '.join(mixers(role))}")
+    if len(cls.roles) > 1 and cls.role_argument:
+        kwargs = {cls.role_argument: role, **kwargs}
+    return create_attention(name, dim, **kwargs)
 
 
 def list_attention() -> list[str]:
@@ -153,6 +217,10 @@ class TokenMixer(nn.Module):
     """
 
     name: str = "?"
+    roles: tuple[str, ...] = ("self",)
+    label: str = "?"
+    color: str | None = None
+    role_argument: str | None = None  # the __init__ argument that tells a many-role mixer its role
     supports_context: bool = False
     requires_context: bool = False
 

@@ -194,7 +194,7 @@ def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return _ApplyLambdas.apply(q.to(dtype), lam.to(dtype))
 
 
-@register_attention("local_lambda")
+@register_attention("local_lambda", roles=("self",), label="Local-λ", color="#55A868")
 class LocalLambda(TokenMixer):
     """Local-λ: multi-query lambda layer with content lambda + lambda-convolution position lambda.
 
@@ -276,7 +276,7 @@ def fourier_features(h: int, w: int, n_freq: int, device, dtype) -> torch.Tensor
     return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(h * w, 4 * n_freq)
 
 
-@register_attention("interactive_lambda")
+@register_attention("interactive_lambda", roles=("cross",), label="Interactive-λ", color="#8172B3")
 class InteractiveLambda(TokenMixer):
     """Interactive-λ: a multi-query lambda layer whose keys/values are L context tokens.
 
