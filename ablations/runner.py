@@ -112,6 +112,33 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def point_config(sweep: Sweep, params: dict, preset: str):
+    """The ExpCfg of a train / distill point (None for other kinds)."""
+    if sweep.kind == "train":
+        from lambda_blocks.train import planned_config
+
+        return planned_config(preset=preset, **params)
+    if sweep.kind == "distill":
+        from lambda_blocks.distill import resolve_distill
+
+        return resolve_distill(preset=preset, **params)
+    return None
+
+
+def plan_stages(sweep: Sweep, points: list[dict], preset: str, out_root: Path) -> list[tuple[object, bool]]:
+    """The stages (autoencoders, teachers) the points need, in training order, each once, with
+    whether it is already done. The runner trains them before any point, as runs of their own."""
+    from lambda_blocks.records import is_done
+    from lambda_blocks.train import stages
+
+    out: dict = {}
+    for p in points:
+        cfg = point_config(sweep, p, preset)
+        for st in (stages(cfg) if cfg is not None else []):
+            out.setdefault(st, is_done(out_root / st.name))
+    return list(out.items())
+
+
 def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path, bool]:
     """The run folder of one grid point and whether it already finished."""
     if sweep.kind == "train":
@@ -205,7 +232,10 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
             continue
         seen[run_dir] = p
         planned.append((p, run_dir, done))
+    stage_plan = plan_stages(sweep, [p for p, _, d in planned if not d], preset, out_root)
     if dry_run:
+        for st, done in stage_plan:
+            echo(f"{'done ' if done else 'todo '} {st.name:<48} (stage: {st.kind}, trained first)")
         for p, run_dir, done in planned:
             echo(f"{'done ' if done else 'todo '} {run_dir.name:<48} {json.dumps(p, sort_keys=True)}")
         echo(f"{sweep.name}: {len(planned)} runs, {sum(d for *_, d in planned)} finished")
@@ -215,6 +245,13 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
     if not todo:
         echo(f"{sweep.name}: all {len(planned)} runs already finished")
         return results
+    for st, done in stage_plan:  # each stage once, as its own run, before the points that load it
+        if done:
+            continue
+        from lambda_blocks.train import run_stage
+
+        echo(f"{sweep.name}: stage {st.kind} {st.name}")
+        run_stage(st, out_root, progress=False)
     if jobs > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     from tqdm.auto import tqdm

@@ -9,13 +9,14 @@ A distillation run is a training run (``lambda_blocks.train.run``: same run fold
 resume, DDP, evaluation) whose config has ``latent.space="latent"`` and ``kd.enabled=True``; the
 presets below are overlays on ``config.PRESETS``. What happens (MOEBIUS_SPEC section 8):
 
-1. the autoencoder (``lambda_blocks.autoencoder``) is trained on the training split when missing
-   (``{out}/ae-...``), and training images become its latents (cached);
-2. the teacher, an ordinary run of ``kd.teacher_arm`` at ``kd.teacher_size`` (vanilla attention,
-   dense convs, trained longer), is trained into ``{out}`` when missing, then frozen (EMA weights);
-3. the student is trained from scratch on task + output-KD + feature-KD + perceptual losses,
-   weighted by the gradient-norm ratios of the paper (``kd.weighting="adaptive"``) or by fixed
-   weights; every step appends ``{"kind": "kd", loss_*, w_*, gnorm_*}`` to ``metrics.jsonl``.
+1. stage one, the autoencoder (``lambda_blocks.autoencoder``), is trained on the training split
+   when missing, as its own run (``{out}/ae-...``); training images become its latents (cached);
+2. stage two, the teacher, an ordinary run of ``kd.teacher_arm`` at ``kd.teacher_size`` (vanilla
+   attention, dense convs, trained longer), is trained into ``{out}`` when missing, as its own run;
+   ``train.stages(cfg)`` lists both, ``train.run_stages`` trains them (``run`` here does it first);
+3. the student run only loads them (the teacher frozen, EMA weights); it is trained from scratch
+   on task + output-KD + feature-KD + perceptual losses, weighted by the gradient-norm ratios of
+   the paper (``kd.weighting="adaptive"``) or by fixed weights; every step appends ``{"kind": "kd", loss_*, w_*, gnorm_*}`` to ``metrics.jsonl``.
 
 Both the teacher and the no-KD student are ordinary rows of ``runs.csv`` (``space=latent``), so
 ``ablations collect`` puts teacher, student without KD and student with KD side by side.
@@ -32,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from . import records
 from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
-from .train import run  # a distillation run is a training run whose config carries latent + kd
+from .train import run_pipeline as run  # stages first (autoencoder, teacher), then the student: a training run
 
 __all__ = ["DISTILL_PRESETS", "resolve_distill", "planned_run_dir", "run", "main"]
 

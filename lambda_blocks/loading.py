@@ -13,24 +13,31 @@ from torch import nn
 from . import records
 from .config import ExpCfg
 
-__all__ = ["latent_space", "load_run_model"]
+__all__ = ["MissingStage", "latent_space", "load_run_model"]
+
+
+class MissingStage(RuntimeError):
+    """A run needs a stage (its autoencoder, its teacher) that has not been trained yet."""
 
 
 def latent_space(cfg: ExpCfg, root: Path, device: torch.device):
-    """(LatentSpace, summary fields) of a latent-space run, training its autoencoder into ``root``
-    when missing (under a file lock, so parallel runs train it once); (None, {}) in pixel space."""
+    """(LatentSpace, summary fields) of a latent-space run, from its trained autoencoder in
+    ``root``; (None, {}) in pixel space. The autoencoder is a stage of its own, trained before
+    (``train.run_stages``): a missing one is ``MissingStage``, never trained here."""
     if cfg.latent.space != "latent":
         return None, {}
-    from .autoencoder import LatentSpace, ae_hash, ensure_autoencoder
+    from .autoencoder import LatentSpace, ae_hash, ae_run_dir, load_autoencoder
 
     acfg = cfg.ae_config()
-    with records.run_lock(root / f"ae-{acfg.preset}-{ae_hash(acfg)}"):
-        ae, ae_dir = ensure_autoencoder(acfg, root)
+    ae_dir = ae_run_dir(acfg, root)
+    if not records.is_done(ae_dir):
+        raise MissingStage(f"the autoencoder stage {ae_dir} is not trained: train the run's stages first "
+                           "(train.run_stages, or the train / distill CLIs, which do it before the run)")
     summ = records.read_json(Path(ae_dir) / "summary.json") or {}
     info = {"ae_run": Path(ae_dir).name, "ae_hash": ae_hash(acfg), "ae_psnr": summ.get("psnr"),
             "ae_ssim": summ.get("ssim"), "ae_lpips": summ.get("lpips"), "ae_factor": acfg.factor,
             "ae_latent_channels": acfg.latent_channels}
-    return LatentSpace(ae.to(device)), info
+    return LatentSpace(load_autoencoder(ae_dir).to(device)), info
 
 
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",

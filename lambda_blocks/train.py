@@ -45,11 +45,12 @@ from torch import nn
 
 from . import records, runtime
 from .config import PRESETS, ExpCfg, config_hash, parse_overrides, parse_sets, resolve
-from .loading import latent_space, load_run_model
+from .loading import MissingStage, latent_space, load_run_model
 from .diffusion import Diffusion
 from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
-__all__ = ["run", "planned_run_dir", "unet_macs", "load_run_model", "TrainingDiverged", "main"]
+__all__ = ["run", "run_stage", "run_stages", "run_pipeline", "stages", "Stage", "MissingStage", "planned_run_dir",
+           "planned_config", "unet_macs", "load_run_model", "TrainingDiverged", "main"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -60,15 +61,88 @@ class TrainingDiverged(FloatingPointError):
 # run folders
 
 
+def planned_config(preset: str = "smoke", arm: str = "lmi", size: str | None = None, seed: int = 0,
+                   overrides: Mapping[str, Any] | str | None = None, **kw: Any) -> ExpCfg:
+    """The config of a grid point (``overrides``: a dict, a JSON object string, or
+    ``"key=value; key=value"``; extra keyword arguments are overrides too)."""
+    return resolve(preset, arm=arm, size=size, seed=seed, overrides={**parse_overrides(overrides), **kw})
+
+
 def planned_run_dir(preset: str = "smoke", out: str | Path = "runs", arm: str = "lmi", size: str | None = None,
                     seed: int = 0, overrides: Mapping[str, Any] | str | None = None, **kw: Any) -> Path:
-    """The run folder ``run`` would use (validates the config; does no work).
+    """The run folder ``run`` would use (validates the config; does no work)."""
+    return Path(out) / planned_config(preset, arm, size, seed, overrides, **kw).run_name
 
-    ``overrides``: a dict, a JSON object string, or ``"key=value; key=value"``; extra keyword
-    arguments are overrides too.
-    """
-    cfg = resolve(preset, arm=arm, size=size, seed=seed, overrides={**parse_overrides(overrides), **kw})
-    return Path(out) / cfg.run_name
+
+# ---------------------------------------------------------------------------------------------
+# pipeline stages: what a run needs trained before it starts
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """A run that another run needs, trained before it as a run of its own: ``autoencoder`` (the
+    latent space of a latent-space run, an ``autoencoder.AECfg``) or ``teacher`` (the teacher of a
+    distilled run, an ``ExpCfg``)."""
+
+    kind: str
+    cfg: Any
+
+    @property
+    def name(self) -> str:
+        if self.kind == "autoencoder":
+            from .autoencoder import ae_run_dir
+
+            return ae_run_dir(self.cfg, ".").name
+        return self.cfg.run_name
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Stage) and (self.kind, self.name) == (other.kind, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name))
+
+
+def stages(cfg: ExpCfg) -> list[Stage]:
+    """The stages of ``cfg`` in training order: the autoencoder of a latent-space run first, then
+    (KD) the teacher, whose own stages come before it; each once."""
+    out: list[Stage] = []
+    if cfg.latent.space == "latent":
+        out.append(Stage("autoencoder", cfg.ae_config()))
+    if cfg.kd.enabled:
+        tcfg = cfg.teacher_config()
+        out += stages(tcfg) + [Stage("teacher", tcfg)]
+    return list(dict.fromkeys(out))
+
+
+def run_stages(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, echo=None) -> list[Path]:
+    """Train every stage of ``cfg`` that is not done, in order, each as its own resumable run folder
+    in ``out_dir`` (once: a stage another process is training is waited for under its lock)."""
+    dirs = []
+    for st in stages(cfg):
+        if echo is not None:
+            echo(f"stage {st.kind}: {st.name}")
+        dirs.append(run_stage(st, out_dir, progress=progress))
+    return dirs
+
+
+def run_stage(stage: Stage, out_dir: str | Path, *, progress: bool | None = None) -> Path:
+    """Train one stage into ``out_dir`` unless it is done (resuming if interrupted); its folder."""
+    from .autoencoder import ae_run_dir, train_autoencoder
+
+    if stage.kind == "autoencoder":
+        with records.run_lock(ae_run_dir(stage.cfg, out_dir)):
+            d = train_autoencoder(stage.cfg, out_dir, progress=False)
+    else:
+        d = run(stage.cfg, out_dir, progress=progress)  # under DDP every rank trains it together
+    if not records.is_done(d):
+        raise RuntimeError(f"stage {d} did not finish; see its error.json")
+    return Path(d)
+
+
+def run_pipeline(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, **kw: Any) -> Path:
+    """``run_stages`` then ``run``: what the CLIs and the notebooks call."""
+    run_stages(cfg, out_dir, progress=progress, echo=lambda m: print(m, file=sys.stderr))
+    return run(cfg, out_dir, progress=progress, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,13 +365,9 @@ class _Distiller:
         self.cfg, self.kcfg, self.K = cfg, cfg.kd, K
         tcfg = cfg.teacher_config()
         tdir = root / tcfg.run_name
-        if dist.enabled:  # all ranks train the teacher together (no lock: the ranks would deadlock)
-            run(tcfg, root, progress=progress)
-        else:
-            with records.run_lock(tdir):
-                run(tcfg, root, progress=progress)
-        if not records.is_done(tdir):
-            raise RuntimeError(f"teacher run {tdir} did not finish; see its error.json")
+        if not records.is_done(tdir):  # the teacher is a stage of its own (run_stages), never trained here
+            raise MissingStage(f"the teacher stage {tdir} is not trained: train the run's stages first "
+                               "(train.run_stages, or the train / distill CLIs, which do it before the run)")
         self.teacher_dir = tdir
         self.teacher, _ = load_run_model(tdir, device)
         kc = self.kcfg
@@ -713,7 +783,8 @@ def run(cfg: ExpCfg, out_dir: str | Path, *, progress: bool | None = None, stop_
         loss_hook: optional ``f(step, loss) -> loss`` applied to each micro-batch loss (tests).
 
     A finished run (summary.json with status "done") returns immediately; an interrupted one resumes
-    from ``ckpt.pt``. NaN / inf loss or gradient norm raises ``TrainingDiverged`` naming the step.
+    from ``ckpt.pt``. The run's stages (``stages``: its autoencoder, its teacher) must be trained
+    already (``run_stages``; ``run_pipeline`` does both): a missing one is ``MissingStage``. NaN / inf loss or gradient norm raises ``TrainingDiverged`` naming the step.
     """
     if not isinstance(cfg, ExpCfg):
         raise TypeError(f"run() needs an ExpCfg from config.resolve(), got {type(cfg).__name__}")
@@ -920,7 +991,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluate import BadTestData
 
     try:
-        run_dir = run(cfg, args.out, progress=progress)
+        run_dir = run_pipeline(cfg, args.out, progress=progress)
     except (OutputNotWritable, records.ForeignRun, BadTestData) as exc:  # one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

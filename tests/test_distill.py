@@ -16,7 +16,8 @@ from lambda_blocks import kd as K
 from lambda_blocks import records
 from lambda_blocks.config import KDCfg, LatentCfg, config_hash, resolve
 from lambda_blocks.distill import DISTILL_PRESETS, planned_run_dir, resolve_distill
-from lambda_blocks.train import run
+from lambda_blocks.distill import run as run_pipeline
+from lambda_blocks.train import MissingStage, run, stages
 
 try:  # tests/ is a package
     from tests.test_train import relative_update_gap
@@ -47,9 +48,38 @@ def kd_cfg(kd=True, weighting="adaptive", **over):
 def study(tmp_path_factory):
     """One root with the autoencoder, the teacher, a KD student and the same student without KD."""
     root = tmp_path_factory.mktemp("distill")
-    student = run(kd_cfg(), root, progress=False)
+    student = run_pipeline(kd_cfg(), root, progress=False)  # stages first: autoencoder, teacher
     plain = run(kd_cfg(kd=False), root, progress=False)
     return root, student, plain
+
+
+def test_a_student_run_only_loads_its_stages(study, tmp_path):
+    """The autoencoder and the teacher are stages, trained before the student as runs of their own
+    (once); the student run itself never trains them: a missing one is a clear error naming it."""
+    root, student, _ = study
+    cfg = kd_cfg()
+    st = stages(cfg)
+    s = records.read_json(student / "summary.json")
+    assert [(x.kind, x.name) for x in st] == [("autoencoder", s["ae_run"]), ("teacher", s["teacher_run"])]
+    with pytest.raises(MissingStage, match=f"autoencoder stage .*{s['ae_run']}"):
+        run(cfg, tmp_path / "empty", progress=False)
+    shutil.copytree(root / s["ae_run"], tmp_path / "ae_only" / s["ae_run"])
+    with pytest.raises(MissingStage, match=f"teacher stage .*{s['teacher_run']}"):
+        run(cfg, tmp_path / "ae_only", progress=False)
+    assert not (tmp_path / "ae_only" / s["teacher_run"]).exists()  # nothing was trained on the side
+    before = {p.name: p.stat().st_mtime_ns for p in (root / s["teacher_run"]).iterdir()}
+    assert run_pipeline(cfg, root, progress=False) == student  # every stage done: no work, same folder
+    assert {p.name: p.stat().st_mtime_ns for p in (root / s["teacher_run"]).iterdir()} == before
+
+
+def test_the_runner_trains_the_stages_first_and_lists_them(tmp_path):
+    from ablations.runner import load_sweep, plan_stages
+
+    sweep = load_sweep(ROOT / "ablations" / "distill.yaml")
+    plan = plan_stages(sweep, sweep.points("smoke"), "smoke", tmp_path)
+    kinds = [st.kind for st, _ in plan]
+    assert kinds[0] == "autoencoder" and "teacher" in kinds and not any(done for _, done in plan)
+    assert len({st.name for st, _ in plan}) == len(plan)  # each stage once, however many points need it
 
 
 def test_new_sections_keep_old_run_names():
@@ -204,7 +234,7 @@ def test_two_rank_distillation_matches_accumulation(study, tmp_path):
     over = {**TINY, **TEACHER, "train.steps": 2, "train.eval_every": 0, "train.ckpt_every": 0}
     cfg = resolve_distill("smoke", "lmi", "tiny", 0, True, "adaptive", {**over, "train.grad_accum": 2})
     _copy_shared(root, tmp_path / "accum", student)
-    accum = run(cfg, tmp_path / "accum", progress=False)
+    accum = run_pipeline(cfg, tmp_path / "accum", progress=False)  # its teacher (other train.* settings) is a new stage
     _copy_shared(root, tmp_path / "ddp", student)
     sets = []
     for k, v in over.items():
