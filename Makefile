@@ -38,7 +38,7 @@ figures: $(STAMP)
 	$(PY) -m ablations figures
 
 profile: $(STAMP)
-	$(PY) -m lambda_blocks.profile --attn vanilla linear local_lambda interactive_lambda lmi --sizes 16 32 64 128 --width 64 --out results/profile.csv
+	$(PY) -m lambda_blocks.profiling --attn vanilla linear local_lambda interactive_lambda lmi --sizes 16 32 64 128 --width 64 --out results/profile.csv
 
 bench-unet: $(STAMP)
 	$(PY) benchmarks/bench_unet.py

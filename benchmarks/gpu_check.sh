@@ -5,7 +5,7 @@
 #
 # 1. every canonical U-Net arm (base size), forward and forward+backward latency (CUDA events)
 #    and peak memory (max allocated) at 64, 128, 256 px, float32 and bf16 autocast
-#    (python -m lambda_blocks.profile --unet base --device cuda);
+#    (python -m lambda_blocks.profiling --unet base --device cuda);
 # 2. baseline vs moebius side by side, fwd and training step, fp32 and bf16, 64-256 px
 #    (benchmarks/bench_unet.py --device cuda);
 # 3. a short paper-preset training of two arms (linear and lmi, 64 px, 400 steps, bf16 autocast),
@@ -21,7 +21,7 @@ OUT=results; mkdir -p "$OUT"
 ARMS="vanilla linear local_lambda interactive_lambda lmi swap_ffn swap_conv both_lambda both_lambda_dw"
 echo "# gpu_check on $DEV"
 for DT in float32 bfloat16; do
-  timeout 150 $PY -m lambda_blocks.profile --unet base --attn $ARMS --sizes 64 128 256 --batch 8 \
+  timeout 150 $PY -m lambda_blocks.profiling --unet base --attn $ARMS --sizes 64 128 256 --batch 8 \
     --device cuda --dtype $DT --min-run-time 0.2 --min-reps 5 --out "$OUT/gpu-$DEV-profile.csv" || echo "profile $DT: incomplete (rc $?)"
 done
 timeout 120 $PY benchmarks/bench_unet.py --device cuda --size base --sizes 64 128 256 --batch 32 --rounds 5 \

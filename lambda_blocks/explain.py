@@ -643,7 +643,7 @@ def interactive_position_params(dim: int, heads: int, sides, context_len: int, n
 
 
 def load_profile(path: str | Path) -> pd.DataFrame | None:
-    """The measured profile (written by ``python -m lambda_blocks.profile``), or None if it does not exist.
+    """The measured profile (written by ``python -m lambda_blocks.profiling``), or None if it does not exist.
 
     A relative path is tried against the current directory, then against the repository root.
     """
@@ -796,7 +796,7 @@ def fig_costs(table: pd.DataFrame, profile: pd.DataFrame | None, out_dir, name: 
         ax.set_title(f"measured (profile.csv) {hw}")
         ax.legend(fontsize=5.5)
     else:
-        ax.text(0.5, 0.5, "no results/profile.csv\n(run python -m lambda_blocks.profile)", ha="center", va="center",
+        ax.text(0.5, 0.5, "no results/profile.csv\n(run python -m lambda_blocks.profiling)", ha="center", va="center",
                 transform=ax.transAxes, fontsize=7)
         _clean(ax)
         ax.set_title("measured latency")

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .layers.common import RegistryView
-from .records import atomic_write_bytes, atomic_write_text  # the one atomic writer of the package
+from .profiling.analysis import loglog_slope  # noqa: F401  (one slope: plotting.loglog_slope is it)
+from .records import atomic_write_bytes  # the one atomic writer of the package
 
 _ALIAS_WORDS = {"baseline": "baseline", "swap_self": "swap self", "swap_cross": "swap cross", "moebius": "Moebius"}
 _FIXED_LABELS = {
@@ -127,15 +128,6 @@ def label(key: str) -> str:
 
 def color(key: str) -> str | None:
     return PALETTE.get(key)
-
-
-def loglog_slope(x, y) -> float:
-    """Least-squares slope of log(y) against log(x)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
 # --------------------------------------------------------------------------------------------

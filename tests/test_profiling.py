@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from lambda_blocks import build_unet, profiling as P
-from lambda_blocks.layers import LAMBDA_CONVS, InteractiveLambda, lambda_conv, list_attention
+from lambda_blocks.layers import LAMBDA_CONVS, InteractiveLambda, explicit_ops, lambda_conv, list_attention
 from lambda_blocks.layers.lambda_layers import apply_lambdas
-from lambda_blocks.profile import main
+from lambda_blocks.profiling import timing as PT
+from lambda_blocks.profiling.cli import main
 
 DIM, L, B = 32, 16, 2
 
@@ -184,7 +185,7 @@ def test_lambda_conv_float32_and_auto_dispatch(monkeypatch):
     calls.clear()
     lambda_conv(v, torch.randn(16, 1, 7, 7, requires_grad=True), None, 20, 20, "auto")
     assert not calls, "small kernels use conv2d"
-    with P.explicit_ops():
+    with explicit_ops():
         lambda_conv(v, wt, None, 20, 20, "auto")
     assert not calls, "counters see the direct convolution"
 
@@ -208,8 +209,8 @@ def test_timing_and_memory_dispatch(monkeypatch):
     assert P.memory_method("cpu") == "cpu_profiler_alloc_peak"
     assert P.memory_method("cuda:0") == "cuda_max_allocated"
     seen = []
-    monkeypatch.setattr(P, "_latency_cuda_events", lambda fn, *a, **k: seen.append("cuda") or P.Timing(1, 0, 1, "cuda_events", 1))
-    monkeypatch.setattr(P, "_peak_memory_cuda", lambda fn, dev: seen.append(str(dev)) or 7)
+    monkeypatch.setattr(PT, "_latency_cuda_events", lambda fn, *a, **k: seen.append("cuda") or P.Timing(1, 0, 1, "cuda_events", 1))
+    monkeypatch.setattr(PT, "_peak_memory_cuda", lambda fn, dev: seen.append(str(dev)) or 7)
     assert P.latency(lambda: None, "cuda").method == "cuda_events"
     assert P.peak_memory(lambda: None, "cuda") == dict(bytes=7, method="cuda_max_allocated")
     assert seen == ["cuda", "cuda"]
@@ -344,3 +345,11 @@ def test_merge_rows_is_atomic_and_keeps_other_rows(tmp_path):
     _, rows = read(path)
     assert sorted((r["pass"], r["latency_ms_median"]) for r in rows) == [("fwd", "2.0"), ("fwd_bwd", "1.0")]
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no temporary files left
+
+
+def test_one_loglog_slope_skips_failed_points():
+    from lambda_blocks import plotting
+
+    assert plotting.loglog_slope is P.loglog_slope
+    assert P.loglog_slope([16, 32, 0, 64], [1, 4, 5, float("nan")]) == pytest.approx(2)
+    assert math.isnan(P.loglog_slope([16], [1])) and math.isnan(P.loglog_slope([16, 32], [1, float("inf")]))

@@ -1,4 +1,4 @@
-"""Profile single mixing blocks or whole U-Nets into one tidy CSV (``python -m lambda_blocks.profile``).
+"""Profile single mixing blocks or whole U-Nets into one tidy CSV (``python -m lambda_blocks.profiling``).
 
 One row per (kind, variant, preset, channels, config, height, width, batch, pass, dtype, device,
 hardware, threads) with params, MACs (analytic / fvcore / torch, forward, whole batch), fvcore's unsupported
@@ -6,9 +6,9 @@ ops, latency (median, IQR in ms), peak memory (MiB) and the environment. Units a
 documented in ``lambda_blocks.profiling``.
 
 Examples:
-    python -m lambda_blocks.profile --attn vanilla linear local_lambda interactive_lambda lmi \\
+    python -m lambda_blocks.profiling --attn vanilla linear local_lambda interactive_lambda lmi \\
         --sizes 16 32 64 128 --width 64 --out results/profile.csv
-    python -m lambda_blocks.profile --unet tiny --attn vanilla lmi --sizes 32 64 --out results/profile.csv
+    python -m lambda_blocks.profiling --unet tiny --attn vanilla lmi --sizes 32 64 --out results/profile.csv
 
 Resuming: rows already in ``--out`` for the same key are skipped (``--force`` re-measures them); the
 CSV is rewritten atomically after every (variant, size), merged with what is there.
@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from . import profiling as P
+from .. import profiling as P
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -55,7 +55,7 @@ def _kwargs(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.profile", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.profiling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attn", nargs="+", required=True,
                     help="registered mixers (block mode) or ARMS keys (with --unet)")
@@ -92,8 +92,8 @@ def _device(name: str) -> torch.device:
 
 
 def _validate(args, ap: argparse.ArgumentParser) -> None:
-    from .layers.common import list_attention
-    from .unet import ARMS, SIZES
+    from ..layers.common import list_attention
+    from ..unet import ARMS, SIZES
 
     if args.unet is not None:
         if args.unet not in SIZES:
@@ -141,7 +141,7 @@ def _run(args) -> int:
                         pixels=hh * ww, batch=args.batch, dtype=args.dtype, device=device.type, hardware=hardware,
                         channels=args.width, threads=torch.get_num_threads())
             if kind == "unet":
-                from .unet import unet_config
+                from ..unet import unet_config
 
                 try:
                     base["channels"] = unet_config(variant, args.unet, **args.kwargs).widths[0]
@@ -177,7 +177,7 @@ def _measure(kind: str, variant: str, hh: int, ww: int, args, device: torch.devi
     common = dict(passes=args.passes, device=device, dtype=args.dtype, count=not args.no_count,
                   count_max_bytes=count_max, min_run_time=args.min_run_time, min_reps=args.min_reps)
     if kind == "unet":
-        from .unet import build_unet
+        from ..unet import build_unet
 
         torch.manual_seed(args.seed)
         net = build_unet(variant, args.unet, **args.kwargs)
@@ -192,6 +192,3 @@ def _measure(kind: str, variant: str, hh: int, ww: int, args, device: torch.devi
                                     requires_grad=grad, seed=args.seed),
         analytic_macs=P.analytic_macs(module, hh, ww, ctx_len, args.batch), **common)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
