@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from lambda_blocks.config import run_tag
-from lambda_blocks.plotting import atomic_write_text
+from lambda_blocks.records import atomic_write_text
 
 RUN_COLUMNS = [
     "run_id", "config_hash", "status", "error", "arm", "size", "seed", "preset", "image_size",

@@ -4,10 +4,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from lambda_blocks import plotting as P
+from lambda_blocks.records import atomic_write_text
 from lambda_blocks.unet import canonical_arm
 
 
@@ -24,7 +24,7 @@ def _read(path: Path) -> pd.DataFrame | None:
 
 
 def _write(path: Path, text: str, written: list[Path]) -> None:
-    P.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     written.append(path)
 
 
@@ -128,7 +128,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
     if profile is not None and len(profile) and (profile["kind"] == "block").any():
         written += P.fig_cost_vs_resolution(profile, figures_dir)
         slopes = P.scaling_table(profile)
-        P.atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
+        atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
         written.append(assets_dir / "scaling_slopes.md")
     # stable-named copies of the key figures for the paper
     for stem in ("quality_vs_size_lpips", "convergence", "cost_vs_resolution", "qualitative", "kd_lpips_vs_params",

@@ -119,7 +119,7 @@ def point_config(sweep: Sweep, params: dict, preset: str):
 
         return planned_config(preset=preset, **params)
     if sweep.kind == "distill":
-        from lambda_blocks.distill import resolve_distill
+        from lambda_blocks.latent.distill import resolve_distill
 
         return resolve_distill(preset=preset, **params)
     return None
@@ -155,7 +155,7 @@ def plan(sweep: Sweep, params: dict, preset: str, out_root: Path) -> tuple[Path,
             raise ValueError(f"sweep {sweep.name}: a floor point takes method and overrides, not {sorted(p)}")
         run_dir = out_root / floor_run_name(fcfg)
     elif sweep.kind == "distill":
-        from lambda_blocks.distill import planned_run_dir as planned_distill_dir
+        from lambda_blocks.latent.distill import planned_run_dir as planned_distill_dir
 
         run_dir = Path(planned_distill_dir(preset=preset, out=out_root, **params))
     else:

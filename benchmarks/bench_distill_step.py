@@ -9,7 +9,7 @@ Both steps run on the same synthetic latent batch (4 channels, ``--latent`` side
 
 * plain: the student's task loss (eps MSE), one backward;
 * KD: the teacher's forward (no grad), the student's forward and the projector, the four losses of
-  ``lambda_blocks.kd.kd_objective``, one ``autograd.grad`` per active loss for the gradient norms at
+  ``lambda_blocks.latent.kd.kd_objective``, one ``autograd.grad`` per active loss for the gradient norms at
   the two anchors (task, fkd, lp, ckd: 4 partial backward passes, where the released code makes 7
   single-anchor calls), and the final backward of the weighted total.
 
@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import header, tag  # noqa: E402
-from lambda_blocks import kd as K  # noqa: E402
+from lambda_blocks.latent import kd as K  # noqa: E402
 from lambda_blocks.diffusion import Diffusion  # noqa: E402
 from lambda_blocks.profiling import interleaved_latency  # noqa: E402
 from lambda_blocks.records import atomic_write_text  # noqa: E402

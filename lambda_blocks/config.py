@@ -142,7 +142,7 @@ class EvalCfg:
 @dataclass(frozen=True)
 class LatentCfg:
     """Where diffusion runs. ``pixel`` (default): on the images. ``latent``: on the latents of the
-    repo's own autoencoder (``lambda_blocks.autoencoder``; trained on the same training split when
+    repo's own autoencoder (``lambda_blocks.latent.autoencoder``; trained on the same training split when
     missing, into ``{out}/ae-...``): input cat(z_t, mask downsampled, z of the masked image), the
     paper's 9-channel layout. ``ae_preset`` picks ``autoencoder.AE_PRESETS`` (None: the run's preset);
     ``ae_overrides`` are strict ``AECfg`` overrides. Metrics are always computed on decoded images."""
@@ -154,7 +154,7 @@ class LatentCfg:
 
 @dataclass(frozen=True)
 class KDCfg:
-    """Latent-space distillation from a larger teacher (MOEBIUS_SPEC section 8; ``lambda_blocks.kd``).
+    """Latent-space distillation from a larger teacher (MOEBIUS_SPEC section 8; ``lambda_blocks.latent.kd``).
 
     The teacher is an ordinary run of this pipeline (``teacher_arm`` at ``teacher_size``, seed
     ``teacher_seed``, the student's data / diffusion / latent / eval settings plus
@@ -257,7 +257,7 @@ class ExpCfg:
     def ae_config(self):
         """The autoencoder of a latent-space run (``autoencoder.AECfg``): ``latent.ae_preset`` (None:
         this run's preset) trained on this run's training split, plus ``latent.ae_overrides``."""
-        from .autoencoder import ae_config
+        from .latent.autoencoder import ae_config
 
         d = self.data
         base = dict(dataset=d.dataset, image_size=d.image_size, n_train=d.n_train, data_seed=d.seed)

@@ -26,7 +26,7 @@ def latent_space(cfg: ExpCfg, root: Path, device: torch.device):
     (``train.run_stages``): a missing one is ``MissingStage``, never trained here."""
     if cfg.latent.space != "latent":
         return None, {}
-    from .autoencoder import LatentSpace, ae_hash, ae_run_dir, load_autoencoder
+    from .latent.autoencoder import LatentSpace, ae_hash, ae_run_dir, load_autoencoder
 
     acfg = cfg.ae_config()
     ae_dir = ae_run_dir(acfg, root)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lambda_blocks import records
-from lambda_blocks.autoencoder import (
+from lambda_blocks.latent.autoencoder import (
     AECfg, LatentAutoencoder, LatentSpace, ae_config, ae_hash, ae_run_dir, cached_latents, downsample_mask,
     ensure_autoencoder, load_autoencoder, main, train_autoencoder,
 )
@@ -112,7 +112,7 @@ def test_training_beats_untrained_and_zero_baseline(tiny_run):
     assert [r["step"] for r in rows] == list(range(10, 81, 10))
     assert rows[-1]["loss"] < rows[0]["loss"]
 
-    from lambda_blocks.autoencoder import _build_model, _load_split
+    from lambda_blocks.latent.autoencoder import _build_model, _load_split
 
     test = _load_split(cfg, "test")
     ae = load_autoencoder(run_dir)
@@ -131,7 +131,7 @@ def test_training_beats_untrained_and_zero_baseline(tiny_run):
 
 def test_scaling_factor_gives_unit_std_latents(tiny_run):
     cfg, _, run_dir = tiny_run
-    from lambda_blocks.autoencoder import _load_split
+    from lambda_blocks.latent.autoencoder import _load_split
 
     ae = load_autoencoder(run_dir)
     sf = float(ae.scaling_factor)

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lambda_blocks import kd as K
+from lambda_blocks.latent import kd as K
 from lambda_blocks import records
 from lambda_blocks.config import KDCfg, LatentCfg, config_hash, resolve
-from lambda_blocks.distill import DISTILL_PRESETS, planned_run_dir, resolve_distill
-from lambda_blocks.distill import run as run_pipeline
+from lambda_blocks.latent.distill import DISTILL_PRESETS, planned_run_dir, resolve_distill
+from lambda_blocks.latent.distill import run as run_pipeline
 from lambda_blocks.train import MissingStage, run, stages
 
 try:  # tests/ is a package
@@ -241,7 +241,7 @@ def test_two_rank_distillation_matches_accumulation(study, tmp_path):
         sets += ["--set", f"{k}={json.dumps(v)}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lambda_blocks.distill", "--preset", "smoke", "--arm", "lmi", "--size", "tiny",
+           "-m", "lambda_blocks.latent.distill", "--preset", "smoke", "--arm", "lmi", "--size", "tiny",
            "--out", str(tmp_path / "ddp"), "--no-progress", *sets]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tests of lambda_blocks.kd: distillation losses, adaptive weights (MOEBIUS_SPEC section 8)."""
+"""Tests of lambda_blocks.latent.kd: distillation losses, adaptive weights (MOEBIUS_SPEC section 8)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lambda_blocks import kd
+from lambda_blocks.latent import kd
 from lambda_blocks.diffusion import Diffusion
 from lambda_blocks.unet import build_unet
 

@@ -49,7 +49,7 @@ Run folder ``{out}/ae-{preset}-{ae_hash}/``: ``config.json`` (+ ``config_hash``,
 
 Command line::
 
-    python -m lambda_blocks.autoencoder --preset smoke --out runs/smoke [--set key=value ...] [--dry-run]
+    python -m lambda_blocks.latent.autoencoder --preset smoke --out runs/smoke [--set key=value ...] [--dry-run]
 """
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import records, runtime
-from .cfgcore import check_choice, content_hash, parse_sets, strict_values
-from .seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
+from .. import records, runtime
+from ..cfgcore import check_choice, content_hash, parse_sets, strict_values
+from ..seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
 __all__ = [
     "AECfg", "AE_PRESETS", "ae_config", "ae_hash", "ae_run_dir", "LatentAutoencoder", "train_autoencoder",
@@ -369,7 +369,7 @@ def _lr_at(step: int, cfg: AECfg) -> float:
 
 
 def _load_split(cfg: AECfg, split: str) -> torch.Tensor:
-    from .data import make_dataset
+    from ..data import make_dataset
 
     n = cfg.n_train if split == "train" else cfg.n_test
     ds = make_dataset(cfg.dataset, split, size=cfg.image_size, n=n, seed=cfg.data_seed)
@@ -405,7 +405,7 @@ def _latent_std(model: LatentAutoencoder, images: torch.Tensor, device: torch.de
 
 @torch.no_grad()
 def _evaluate(model: LatentAutoencoder, images: torch.Tensor, device: torch.device) -> dict:
-    from .metrics import _LPIPS_MIN_SIDE, load_lpips, lpips_distance, lpips_source, psnr, ssim
+    from ..metrics import _LPIPS_MIN_SIDE, load_lpips, lpips_distance, lpips_source, psnr, ssim
 
     model.eval()
     recs, lats = [], []
@@ -431,7 +431,7 @@ def _evaluate(model: LatentAutoencoder, images: torch.Tensor, device: torch.devi
 
 
 def _ckpt_state(model, opt, step, train_time, cfg, chash, scaled: bool, window: dict) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_time_s": train_time,
@@ -723,7 +723,7 @@ def cached_latents(ae: LatentAutoencoder, images: torch.Tensor, cache_path: str 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.autoencoder", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.latent.autoencoder", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smoke", choices=list(AE_PRESETS))
     ap.add_argument("--out", default="runs")

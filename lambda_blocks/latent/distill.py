@@ -1,15 +1,15 @@
-"""Latent-space distillation of a compact student from a larger teacher: ``python -m lambda_blocks.distill``.
+"""Latent-space distillation of a compact student from a larger teacher: ``python -m lambda_blocks.latent.distill``.
 
-    python -m lambda_blocks.distill --preset smoke --out runs/smoke            # lmi student, KD, adaptive
-    python -m lambda_blocks.distill --preset dev --arm moebius --weighting fixed --out runs/dev
-    python -m lambda_blocks.distill --preset dev --no-kd --out runs/dev         # the same student without KD
-    torchrun --standalone --nproc_per_node 2 -m lambda_blocks.distill ...       # data parallel
+    python -m lambda_blocks.latent.distill --preset smoke --out runs/smoke            # lmi student, KD, adaptive
+    python -m lambda_blocks.latent.distill --preset dev --arm moebius --weighting fixed --out runs/dev
+    python -m lambda_blocks.latent.distill --preset dev --no-kd --out runs/dev         # the same student without KD
+    torchrun --standalone --nproc_per_node 2 -m lambda_blocks.latent.distill ...       # data parallel
 
 A distillation run is a training run (``lambda_blocks.train.run``: same run folder, records,
 resume, DDP, evaluation) whose config has ``latent.space="latent"`` and ``kd.enabled=True``; the
 presets below are overlays on ``config.PRESETS``. What happens (MOEBIUS_SPEC section 8):
 
-1. stage one, the autoencoder (``lambda_blocks.autoencoder``), is trained on the training split
+1. stage one, the autoencoder (``lambda_blocks.latent.autoencoder``), is trained on the training split
    when missing, as its own run (``{out}/ae-...``); training images become its latents (cached);
 2. stage two, the teacher, an ordinary run of ``kd.teacher_arm`` at ``kd.teacher_size`` (vanilla
    attention, dense convs, trained longer), is trained into ``{out}`` when missing, as its own run;
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import records
-from .config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
-from .train import run_pipeline as run  # stages first (autoencoder, teacher), then the student: a training run
+from .. import records
+from ..config import ExpCfg, config_hash, parse_overrides, parse_sets, resolve
+from ..train import run_pipeline as run  # stages first (autoencoder, teacher), then the student: a training run
 
 __all__ = ["DISTILL_PRESETS", "resolve_distill", "planned_run_dir", "run", "main"]
 
@@ -85,9 +85,9 @@ def planned_run_dir(preset: str = "smoke", out: str | Path = "runs", arm: str = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .unet import ARMS, SIZES
+    from ..unet import ARMS, SIZES
 
-    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.distill", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m lambda_blocks.latent.distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smoke", choices=list(DISTILL_PRESETS))
     ap.add_argument("--attn", "--arm", dest="arm", default="lmi", choices=list(ARMS), help="student arm (unet.ARMS)")
