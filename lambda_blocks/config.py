@@ -32,7 +32,13 @@ from .cfgcore import coerce as _coerce
 from .cfgcore import content_hash, parse_overrides, parse_sets, parse_value
 from .cfgcore import type_name as _type_name
 from .cfgcore import type_ok as _type_ok
-from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, SPACINGS
+from .data import DATASET_NAMES as DATASETS
+from .diffusion import INITS, LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, SPACINGS, T_SAMPLING
+from .latent import SPACES
+from .latent.kd import PERCEPTUAL as KD_PERCEPTUAL
+from .latent.kd import WEIGHTINGS as KD_WEIGHTINGS
+from .masks import MASK_KINDS
+from .runtime import DEVICES
 from .unet import ARMS, SIZES, UNetConfig, canonical_arm, unet_config
 
 __all__ = [
@@ -43,14 +49,6 @@ __all__ = [
 
 
 
-INITS = ("noise", "noised_input_LEAKS_GT")
-T_SAMPLING = ("uniform", "logit_normal")
-SPACES = ("pixel", "latent")
-KD_WEIGHTINGS = ("adaptive", "fixed")
-KD_PERCEPTUAL = ("latent_ms", "decoded_lpips", "none")
-DATASETS = ("embedded", "portrait", "folder")
-DEVICES = ("auto", "cpu", "cuda")
-MASK_KINDS = ("thin", "medium", "thick", "box")
 
 
 @dataclass(frozen=True)

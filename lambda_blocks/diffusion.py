@@ -72,6 +72,8 @@ __all__ = ["Diffusion", "make_betas", "ddim_timesteps", "LEAK_INIT", "GroundTrut
            "SPACINGS", "PREDICTIONS", "LOSS_WEIGHTINGS"]
 
 LEAK_INIT = "noised_input_LEAKS_GT"
+INITS = ("noise", LEAK_INIT)  # how sampling starts: pure noise, or the paper's leaking noised input
+T_SAMPLING = ("uniform", "logit_normal")
 SCHEDULES = ("cosine", "linear", "scaled_linear")
 SPACINGS = ("trailing", "leading")
 PREDICTIONS = ("eps", "v", "x0")
@@ -135,8 +137,8 @@ class Diffusion:
     def __init__(self, schedule: str = "cosine", timesteps: int = 1000, beta_start: float = 1e-4,
                  beta_end: float = 0.02, t_sampling: str = "uniform", prediction: str = "eps",
                  loss_weighting: str = "none", min_snr_gamma: float = 5.0):
-        if t_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"unknown t_sampling {t_sampling!r}; choose uniform or logit_normal")
+        if t_sampling not in T_SAMPLING:
+            raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of {T_SAMPLING}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
         if loss_weighting not in LOSS_WEIGHTINGS:

@@ -22,6 +22,9 @@ __all__ = ["select_device", "configure", "configured", "current_flags", "environ
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def select_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` fails clearly without a GPU."""
     if device == "auto":

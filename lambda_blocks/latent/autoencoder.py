@@ -71,6 +71,8 @@ from torch import nn
 
 from .. import records, runtime
 from ..cfgcore import check_choice, content_hash, parse_sets, strict_values
+from ..data import DATASET_NAMES
+from ..runtime import DEVICES
 from ..seeding import key_seed, numpy_rng, randn_per_sample, sample_generators
 
 __all__ = [
@@ -78,8 +80,8 @@ __all__ = [
     "load_autoencoder", "ensure_autoencoder", "downsample_mask", "LatentSpace", "cached_latents", "main",
 ]
 
-AE_DATASETS = ("embedded", "portrait")
-AE_DEVICES = ("auto", "cpu", "cuda")
+AE_DATASETS = tuple(d for d in DATASET_NAMES if d != "folder")  # the embedded sets (a folder has no fixed content)
+AE_DEVICES = DEVICES
 _SCALE_IMAGES = 256  # training images used to measure the latent std
 _EVAL_BATCH = 32
 
