@@ -35,9 +35,13 @@ RUN_COLUMNS = [
     "projector_params", "ae_run", "ae_psnr", "ae_ssim", "ae_lpips", "latency_ms_inrun", "peak_mem_mb_inrun",
     # recipe and run kind (empty = model / eps / none for runs recorded before them)
     "kind", "prediction", "loss_weighting", "eval_spacing", "eval_ddim_steps", "train_batch_size", "train_lr",
+    # the schedule: planned steps, the LR cool-down, and the shorter run a longer one started from
+    "train_steps", "train_decay_steps", "extended_from",
 ]
 EVAL_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "n",
-                "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std"]
+                "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std",
+                "train_steps", "train_decay_steps"]
+_EVAL_FROM_RECORD = EVAL_COLUMNS[7:20]  # the metrics of one periodic evaluation
 PER_IMAGE_KEY = ["run_id", "tag", "arm", "size", "seed", "kind", "space", "image_size"]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
 KD_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "step", "loss_total", "loss_task", "loss_fkd", "loss_ckd",
@@ -61,6 +65,14 @@ MODES = ("refuse", "merge", "replace")
 
 class WouldDropRows(RuntimeError):
     """``collect`` would remove recorded runs from ``results/`` that the runs folder cannot rebuild."""
+
+
+def _drop_copied_evals(ev: pd.DataFrame) -> pd.DataFrame:
+    """A run that started from a shorter one (``extended_from``) carries that run's curve as its
+    first part, bit for bit: each evaluation is kept once, in the shortest run that made it."""
+    key = ["arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "psnr", "lpips", "fid"]
+    ev = ev.sort_values("train_steps", kind="stable", na_position="first")
+    return ev.drop_duplicates(subset=[k for k in key if k in ev], keep="first").sort_index()
 
 
 def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse") -> dict[str, pd.DataFrame]:
@@ -100,7 +112,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
             dif, ev, tr = config.get("diffusion") or {}, config.get("eval") or {}, config.get("train") or {}
             row.update(prediction=dif.get("prediction", "eps"), loss_weighting=dif.get("loss_weighting", "none"),
                        eval_spacing=ev.get("spacing"), eval_ddim_steps=ev.get("ddim_steps"),
-                       train_batch_size=tr.get("batch_size"), train_lr=tr.get("lr"))
+                       train_batch_size=tr.get("batch_size"), train_lr=tr.get("lr"),
+                       train_steps=tr.get("steps"), train_decay_steps=tr.get("decay_steps", 0))
         lat, kdc = config.get("latent") or {}, config.get("kd") or {}
         row["space"] = lat.get("space", "pixel") if config else params.get("space")
         row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")
@@ -126,7 +139,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                     eval_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
                                       "seed": row["seed"], "prediction": row["prediction"],
                                       "loss_weighting": row["loss_weighting"],
-                                      **{k: rec.get(k) for k in EVAL_COLUMNS[7:]}})
+                                      **{k: rec.get(k) for k in _EVAL_FROM_RECORD},
+                                      "train_steps": row["train_steps"], "train_decay_steps": row["train_decay_steps"]})
                 elif rec.get("kind") == "kd":
                     kd_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
                                     "seed": row["seed"], **{k: rec.get(k) for k in KD_COLUMNS[5:]}})
@@ -148,7 +162,7 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
     if kd_rows:
         out["kd_log"] = pd.DataFrame(kd_rows, columns=KD_COLUMNS)
     if eval_rows:
-        out["evals"] = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
+        out["evals"] = _drop_copied_evals(pd.DataFrame(eval_rows, columns=EVAL_COLUMNS))
     if per_image:
         out["per_image"] = pd.concat(per_image, ignore_index=True)
     if profiles:

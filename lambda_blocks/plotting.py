@@ -616,7 +616,8 @@ def preset_recipe(preset: str) -> dict:
     from .config import PRESETS
 
     p = PRESETS.get(preset, {})
-    return {"prediction": p.get("diffusion.prediction", "eps"), "loss_weighting": p.get("diffusion.loss_weighting", "none")}
+    return {"prediction": p.get("diffusion.prediction", "eps"), "loss_weighting": p.get("diffusion.loss_weighting", "none"),
+            "steps": p.get("train.steps"), "decay_steps": p.get("train.decay_steps", 0)}
 
 
 def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
@@ -624,13 +625,27 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     want = preset_recipe(preset)
     pred = runs["prediction"].fillna("eps") if "prediction" in runs else pd.Series("eps", index=runs.index)
     lw = runs["loss_weighting"].fillna("none") if "loss_weighting" in runs else pd.Series("none", index=runs.index)
-    return runs[(pred == want["prediction"]) & (lw == want["loss_weighting"])]
+    keep = (pred == want["prediction"]) & (lw == want["loss_weighting"])
+    if "train_decay_steps" in runs:  # a cool-down or a longer budget is a convergence variant, not a study row
+        keep &= runs["train_decay_steps"].fillna(0) == want["decay_steps"]
+    if "train_steps" in runs and want["steps"] is not None:
+        keep &= runs["train_steps"].isna() | (runs["train_steps"] == want["steps"])
+    return runs[keep]
 
 
-def recipe_label(prediction, weighting) -> str:
+def recipe_label(prediction, weighting, decay_steps=0, steps=None) -> str:
+    """"v + Min-SNR", and ", cool-down 3000→4000" for a run whose LR decays over its last steps."""
     p = "ε" if prediction in (None, "eps") or (isinstance(prediction, float) and np.isnan(prediction)) else str(prediction)
     w = "" if weighting in (None, "none") or (isinstance(weighting, float) and np.isnan(weighting)) else " + Min-SNR"
-    return f"{p}{w}"
+    d = decay_steps if decay_steps is not None and not (isinstance(decay_steps, float) and np.isnan(decay_steps)) else 0
+    c = f", cool-down {int(steps) - int(d)}→{int(steps)}" if d and steps is not None else ""
+    return f"{p}{w}{c}"
+
+
+def _recipes(ev: pd.DataFrame) -> list[str]:
+    cols = [ev[c] if c in ev else pd.Series(None, index=ev.index) for c in
+            ("prediction", "loss_weighting", "train_decay_steps", "train_steps")]
+    return [recipe_label(*vals) for vals in zip(*cols)]
 
 
 CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whole) ↓"), ("fid", "FID ↓"),
@@ -645,7 +660,7 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
 
     style()
     ev = evals.copy()
-    ev["recipe"] = [recipe_label(p, w) for p, w in zip(ev["prediction"], ev["loss_weighting"])]
+    ev["recipe"] = _recipes(ev)
     panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
     styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
@@ -762,11 +777,11 @@ def paired_table(rows: list[dict], caption: str) -> str:
 
 
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
-                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000)) -> str:
+                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000)) -> str:
     """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
     with the floor of the same problems first."""
     ev = evals.copy()
-    ev["recipe"] = [recipe_label(p, w) for p, w in zip(ev["prediction"], ev["loss_weighting"])]
+    ev["recipe"] = _recipes(ev)
     head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     if floors is not None and len(floors):
@@ -782,7 +797,7 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
         md += "| " + " | ".join([label(arm).split(" (=")[0], recipe, str(int(step)), _fmt(mean(g, "lpips")),
                                  _fmt(mean(g, "lpips_hole")), _fmt(mean(g, "fid"), None, 1),
                                  _fmt(mean(g, "kid"), None, 4), _fmt(mean(g, "psnr_hole"), None, 2),
-                                 str(g["run_id"].nunique())]) + " |\n"
+                                 str(g["seed"].nunique() if "seed" in g else g["run_id"].nunique())]) + " |\n"
     n = int(ev["n"].max()) if "n" in ev and ev["n"].notna().any() else 0
     return md + (f"\nConvergence: the EMA weights scored every 250 steps on the {n} evaluation images (20 DDIM steps; "
                  "ε runs: leading spacing, v runs: trailing), the classical fills of the same problems first.\n")

@@ -218,3 +218,31 @@ def test_readme_tables_are_the_generated_ones():
         assert not missing, f"README is out of date with paper_assets/dev/{name}: {missing[:2]}"
         quoted += 1
     assert quoted >= 1
+
+
+def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path):
+    """A cool-down run that started from a finished constant-LR run carries its curve as its first
+    part: collect keeps each evaluation once (in the run that made it), the run rows say the
+    schedule, and the study tables take only the preset's own schedule."""
+    from lambda_blocks import plotting as P
+    from lambda_blocks.train import run
+
+    try:
+        from tests.test_train import tiny_cfg
+    except ImportError:
+        from test_train import tiny_cfg
+    base = {"train.eval_every": 2, "train.ckpt_every": 0, "eval.n_eval": 2}
+    short = tiny_cfg(arm="linear", **base, **{"train.steps": 4})
+    cool = tiny_cfg(arm="linear", **base, **{"train.steps": 6, "train.decay_steps": 2})
+    runs = tmp_path / "runs"
+    run(short, runs, progress=False)
+    run(cool, runs, progress=False)
+    out = collect(runs, tmp_path / "results")
+    ev, rr = out["evals"], out["runs"].set_index("run_id")
+    assert sorted(ev[ev["run_id"] == short.run_name]["step"]) == [2, 4]
+    assert sorted(ev[ev["run_id"] == cool.run_name]["step"]) == [6]  # steps 2 and 4 are the short run's
+    assert rr.loc[cool.run_name, "extended_from"] == short.run_name and rr.loc[cool.run_name, "train_decay_steps"] == 2
+    assert P._recipes(ev[ev["run_id"] == cool.run_name])[0].endswith("cool-down 4→6")
+    as_preset = out["runs"].assign(train_steps=P.preset_recipe("smoke")["steps"])  # only the schedule differs now
+    assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
+    assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == set()  # nor another budget (4 and 6 != 40 steps)
