@@ -106,7 +106,11 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             if tiles:
                 written += P.fig_qualitative(tiles, figures_dir, name="qualitative_kd")
         if len(done):
-            _write(assets_dir / "seed_summary.csv", P.seed_summary(done).to_csv(index=False, float_format="%.6g"), written)
+            summ = P.seed_summary(done)
+            for c in ("params", "macs", "n_seeds", "n_eval_images", "image_size"):  # counts stay integers
+                if c in summ and summ[c].notna().all():
+                    summ[c] = summ[c].astype("int64")
+            _write(assets_dir / "seed_summary.csv", summ.to_csv(index=False, float_format="%.6g"), written)
     if evals is not None and len(evals) and runs is not None:
         pixel_ids = set(P.split_runs(P.split_kinds(runs)[0])[0]["run_id"])
         ev = evals[evals["run_id"].isin(pixel_ids)]

@@ -246,3 +246,13 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     as_preset = out["runs"].assign(train_steps=P.preset_recipe("smoke")["steps"])  # only the schedule differs now
     assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
     assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == set()  # nor another budget (4 and 6 != 40 steps)
+
+
+def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_path):
+    from ablations.collect import _write_csv
+
+    df = pd.DataFrame({"macs": [377561088.0, np.nan], "lpips": [0.0216214123, np.nan], "steps": [3000.0, 0.0]})
+    _write_csv(df, tmp_path / "x.csv")
+    back = pd.read_csv(tmp_path / "x.csv")
+    assert back["macs"].iloc[0] == 377561088 and back["steps"].tolist() == [3000, 0]
+    assert (tmp_path / "x.csv").read_text().splitlines()[1] == "377561088,0.0216214,3000"
