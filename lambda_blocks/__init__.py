@@ -7,5 +7,7 @@ __version__ = "0.1.0"
 
 from .layers import create_attention, explicit_ops, list_attention  # noqa: E402
 from .unet import ARMS, SIZES, InpaintUNet, UNetConfig, build_unet  # noqa: E402
+from .pretrained import load_pretrained  # noqa: E402
 
-__all__ = ["ARMS", "SIZES", "InpaintUNet", "UNetConfig", "build_unet", "create_attention", "explicit_ops", "list_attention", "__version__"]
+__all__ = ["ARMS", "SIZES", "InpaintUNet", "UNetConfig", "build_unet", "create_attention", "explicit_ops", "list_attention",
+           "load_pretrained", "__version__"]
