@@ -25,9 +25,15 @@ def dirs(preset: str, runs_root: str | None = None, root: str | Path | None = No
     }
 
 
+def _sets(args) -> dict:
+    from lambda_blocks.config import parse_sets
+
+    return parse_sets(getattr(args, "sets", []) or [])
+
+
 def cmd_run(args) -> int:
     d = dirs(args.preset, args.runs)
-    results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run)
+    results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run, sets=_sets(args))
     return 0 if args.dry_run or all(r["status"] != "failed" for r in results) else 1
 
 
@@ -69,7 +75,7 @@ def cmd_study(args) -> int:
     for sweep in STUDY_SWEEPS:
         # profiling measures latency: never beside another job
         jobs = 1 if sweep == "resolution.yaml" else args.jobs
-        results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=jobs)
+        results = run_sweep(ROOT / "ablations" / sweep, args.preset, d["runs"], jobs=jobs, sets=_sets(args))
         failed += sum(r["status"] == "failed" for r in results)
     collect(d["runs"], d["results"], mode="merge")  # a study adds to what is recorded, never drops
     for nb in FIGURE_NOTEBOOKS:
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is finished")
     p.add_argument("--runs", default=None, help="run folder root (default runs/<preset>)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every point, in its hash (e.g. --set data.dataset=folder)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("collect", help="run folders -> results/<preset>/*.csv")
     p.add_argument("--preset", choices=PRESETS, default="smoke")
@@ -106,10 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=PRESETS, default="smoke")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--runs", default=None)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run of the study (same strict keys as the train CLI)")
     p.set_defaults(fn=cmd_study)
     args = ap.parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    try:  # an unknown key or a wrong type is one line before any work, not a traceback mid-sweep
+        sets = _sets(args)
+        if sets:
+            from lambda_blocks.config import resolve
+
+            resolve(args.preset, overrides=sets)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"error: --set: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
     return args.fn(args)
 
 

@@ -32,6 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
@@ -218,12 +219,34 @@ def _execute_floor(sweep: Sweep, params: dict, preset: str, out_root: Path, run_
     return {"status": "done", "elapsed_s": time.time() - t0}
 
 
+def with_sets(sweep: Sweep, points: list[dict], sets: Mapping[str, Any] | None, echo=print) -> list[dict]:
+    """``--set KEY=VALUE`` overrides merged into every point's ``overrides`` (so into its config and
+    its hash); a floor point takes the ``data.*`` / ``eval.*`` ones (the test problems), a sweep
+    without a run config (profile, notebook) none. Unknown keys fail when the points are planned."""
+    if not sets:
+        return points
+    from lambda_blocks.config import canonical_key, parse_overrides
+
+    if sweep.kind not in ("train", "distill", "floor"):
+        echo(f"{sweep.name}: --set does not apply to a {sweep.kind} sweep (it has no run config); ignored")
+        return points
+    use = dict(sets)
+    if sweep.kind == "floor":
+        use = {k: v for k, v in sets.items() if canonical_key(k).startswith(("data.", "eval."))}
+    out = []
+    for p in points:
+        merged = {**parse_overrides(p.get("overrides")), **use}
+        out.append({**p, "overrides": json.dumps(merged, sort_keys=True)})
+    return out
+
+
 def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1, dry_run: bool = False,
-              kernel: str = "python3", echo=print) -> list[dict]:
-    """Run every unfinished point of a sweep. Returns one record per point (skipped/done/failed)."""
+              kernel: str = "python3", echo=print, sets: Mapping[str, Any] | None = None) -> list[dict]:
+    """Run every unfinished point of a sweep. Returns one record per point (skipped/done/failed).
+    ``sets``: config overrides for every point (``with_sets``)."""
     sweep = load_sweep(path)
     out_root = Path(out_root)
-    points = sweep.points(preset)
+    points = with_sets(sweep, sweep.points(preset), sets, echo)
     planned, seen = [], {}
     for p in points:  # aliased arms (moebius = lmi, ...) plan the same run folder: run it once
         run_dir, done = plan(sweep, p, preset, out_root)

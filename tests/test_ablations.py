@@ -256,3 +256,28 @@ def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_pat
     back = pd.read_csv(tmp_path / "x.csv")
     assert back["macs"].iloc[0] == 377561088 and back["steps"].tolist() == [3000, 0]
     assert (tmp_path / "x.csv").read_text().splitlines()[1] == "377561088,0.0216214,3000"
+
+
+def test_set_reaches_every_point_and_its_hash(tmp_path, capsys):
+    """`ablations run --set KEY=VALUE`: merged into each point's overrides (so its config and run
+    folder), the floor takes only data.* / eval.*, unknown keys are one line before any work."""
+    from ablations.__main__ import main
+    from ablations.runner import with_sets
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "ablations" / "quality_vs_size.yaml")
+    plain = run_sweep(sweep.notebook.parent.parent / "ablations" / "quality_vs_size.yaml", "smoke", tmp_path,
+                      dry_run=True, echo=lambda m: None)
+    lines = []
+    changed = run_sweep(sweep.notebook.parent.parent / "ablations" / "quality_vs_size.yaml", "smoke", tmp_path,
+                        dry_run=True, echo=lines.append, sets={"train.steps": 7, "data.image_size": 16})
+    assert len(changed) == len(plain)
+    assert not {r["run_dir"] for r in changed} & {r["run_dir"] for r in plain}  # a new config, a new folder
+    assert all(json.loads(r["params"]["overrides"]) == {"train.steps": 7, "data.image_size": 16} for r in changed)
+    floor = load_sweep(Path(__file__).resolve().parents[1] / "ablations" / "floor.yaml")
+    pts = with_sets(floor, floor.points("dev"), {"train.steps": 7, "data.image_size": 16})
+    assert {json.loads(p["overrides"])["data.image_size"] for p in pts} == {16}
+    assert all("train.steps" not in json.loads(p["overrides"]) for p in pts)
+    assert main(["run", "ablations/floor.yaml", "--preset", "smoke", "--runs", str(tmp_path), "--dry-run",
+                 "--set", "train.stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.stepz" in err[0]
