@@ -33,7 +33,10 @@ def _sets(args) -> dict:
 
 def cmd_run(args) -> int:
     d = dirs(args.preset, args.runs)
-    results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run, sets=_sets(args))
+    cluster = {k: v for k, v in (("timeout_min", args.timeout_min), ("slurm_partition", args.partition),
+                                 ("gpus_per_node", args.gpus), ("cpus_per_task", args.cpus)) if v is not None}
+    results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run, sets=_sets(args),
+                        launcher=args.launcher, cluster=cluster)
     return 0 if args.dry_run or all(r["status"] != "failed" for r in results) else 1
 
 
@@ -99,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="run folder root (default runs/<preset>)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every point, in its hash (e.g. --set data.dataset=folder)")
+    p.add_argument("--launcher", choices=("local", "submitit", "submitit-local"), default="local",
+                   help="local: --jobs threads here; submitit: one job per pending run (Slurm where available)")
+    p.add_argument("--timeout-min", type=int, default=None, help="submitit: minutes per job")
+    p.add_argument("--partition", default=None, help="submitit on Slurm: the partition")
+    p.add_argument("--gpus", type=int, default=None, help="submitit: GPUs per job")
+    p.add_argument("--cpus", type=int, default=None, help="submitit: CPUs per job")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("collect", help="run folders -> results/<preset>/*.csv")
     p.add_argument("--preset", choices=PRESETS, default="smoke")

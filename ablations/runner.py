@@ -240,10 +240,22 @@ def with_sets(sweep: Sweep, points: list[dict], sets: Mapping[str, Any] | None, 
     return out
 
 
+LAUNCHERS = ("local", "submitit", "submitit-local")
+
+
 def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1, dry_run: bool = False,
-              kernel: str = "python3", echo=print, sets: Mapping[str, Any] | None = None) -> list[dict]:
+              kernel: str = "python3", echo=print, sets: Mapping[str, Any] | None = None,
+              launcher: str = "local", cluster: Mapping[str, Any] | None = None) -> list[dict]:
     """Run every unfinished point of a sweep. Returns one record per point (skipped/done/failed).
-    ``sets``: config overrides for every point (``with_sets``)."""
+
+    ``sets``: config overrides for every point (``with_sets``). ``launcher``: ``local`` (``jobs``
+    threads on this machine), ``submitit`` (one job per pending point through submitit: Slurm
+    where it is available, else local processes) or ``submitit-local`` (submitit's local executor:
+    every job at once, as processes of this machine). ``cluster``: submitit parameters (e.g.
+    ``timeout_min``, ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``). The run folders are
+    content-addressed and locked, so concurrent workers never write the same run twice."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
     sweep = load_sweep(path)
     out_root = Path(out_root)
     points = with_sets(sweep, sweep.points(preset), sets, echo)
@@ -275,6 +287,11 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
 
         echo(f"{sweep.name}: stage {st.kind} {st.name}")
         run_stage(st, out_root, progress=False)
+    if launcher != "local":
+        results += _submit(sweep, todo, preset, out_root, kernel, launcher, cluster or {}, echo)
+        failed = sum(r["status"] == "failed" for r in results)
+        echo(f"{sweep.name}: {len(todo) - failed} ran through {launcher}, {len(results) - len(todo)} skipped, {failed} failed")
+        return results
     if jobs > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     from tqdm.auto import tqdm
@@ -293,3 +310,26 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
     failed = sum(r["status"] == "failed" for r in results)
     echo(f"{sweep.name}: {len(todo) - failed} ran, {len(results) - len(todo)} skipped, {failed} failed")
     return results
+
+
+def _submit(sweep: Sweep, todo, preset: str, out_root: Path, kernel: str, launcher: str,
+            cluster: Mapping[str, Any], echo) -> list[dict]:
+    """One submitit job per pending point (a job array where the cluster has them); waits for all."""
+    import submitit
+
+    folder = out_root / ".submitit" / sweep.name
+    ex = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit-local" else None)
+    ex.update_parameters(name=f"lb-{sweep.name}", **dict(cluster))
+    with ex.batch():
+        jobs = [(ex.submit(execute, sweep, p, preset, out_root, r, kernel), p, r) for p, r in todo]
+    echo(f"{sweep.name}: submitted {len(jobs)} job(s) to {ex.cluster} (logs in {folder})")
+    out = []
+    for job, p, r in jobs:
+        try:
+            rec = job.result()
+        except Exception as exc:  # the job itself died (killed, out of time): recorded, the sweep goes on
+            rec = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:] or ''}"[:500]}
+            write_json(r / "error.json", {**rec, "sweep": sweep.name, "job_id": job.job_id})
+        out.append({**rec, "params": p, "run_dir": str(r), "job_id": job.job_id})
+    return out
+

@@ -281,3 +281,27 @@ def test_set_reaches_every_point_and_its_hash(tmp_path, capsys):
                  "--set", "train.stepz=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.stepz" in err[0]
+
+
+def test_submitit_launcher_runs_each_point_as_a_job_with_the_same_results(tmp_path):
+    """`--launcher submitit-local`: one submitit job per pending point (submitit's local executor
+    here; Slurm on a cluster); the run folders and records are those of the local launcher."""
+    pytest.importorskip("submitit")
+    sweep = tmp_path / "floor2.yaml"
+    sweep.write_text("name: floor2\nkind: floor\ngrid:\n  method: [mean, telea]\n"
+                     "  overrides: ['{\"eval.fid\": false, \"eval.lpips\": false}']\n")
+    local = run_sweep(sweep, "smoke", tmp_path / "local", echo=lambda m: None)
+    lines = []
+    sub = run_sweep(sweep, "smoke", tmp_path / "sub", echo=lines.append, launcher="submitit-local",
+                    cluster={"timeout_min": 10})
+    assert all(r["status"] == "done" for r in sub) and len(sub) == len(local) == 2
+    assert all(r.get("job_id") for r in sub) and any("submitted 2 job(s) to local" in m for m in lines)
+    for a in local:
+        name = Path(a["run_dir"]).name
+        sa = json.loads((tmp_path / "local" / name / "summary.json").read_text())
+        sb = json.loads((tmp_path / "sub" / name / "summary.json").read_text())
+        assert sa["psnr"] == pytest.approx(sb["psnr"], rel=1e-9) and sa["ssim"] == pytest.approx(sb["ssim"], rel=1e-6)
+    again = run_sweep(sweep, "smoke", tmp_path / "sub", echo=lambda m: None, launcher="submitit-local")
+    assert {r["status"] for r in again} == {"skipped"}  # finished runs are not resubmitted
+    with pytest.raises(ValueError, match="launcher"):
+        run_sweep(sweep, "smoke", tmp_path / "x", launcher="ssh")
