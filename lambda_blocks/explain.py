@@ -781,7 +781,7 @@ def fig_costs(table: pd.DataFrame, profile: pd.DataFrame | None, out_dir, name: 
     ax = axes[0][1]
     prof = None
     if profile is not None and {"kind", "pass", "variant", "pixels", "latency_ms_median"} <= set(profile.columns):
-        prof = profile[(profile["kind"] == "block") & (profile["pass"] == "fwd")]
+        prof = plotting.consistent_block_rows(profile)  # one thread count, pass and batch per line
     if prof is not None and len(prof):
         for var, grp in prof.groupby("variant", sort=False):
             grp = grp.sort_values("pixels")
@@ -793,7 +793,8 @@ def fig_costs(table: pd.DataFrame, profile: pd.DataFrame | None, out_dir, name: 
         ax.set_xlabel("pixels N = H·W")
         ax.set_ylabel("latency ms (median, fwd)")
         hw = prof["hardware"].iloc[0] if "hardware" in prof else ""
-        ax.set_title(f"measured (profile.csv) {hw}")
+        th = int(prof["threads"].iloc[0]) if "threads" in prof and prof["threads"].notna().any() else None
+        ax.set_title(f"measured (profile.csv) {hw}" + (f", {th} thread(s), batch 1" if th else ""))
         ax.legend(fontsize=5.5)
     else:
         ax.text(0.5, 0.5, "no results/profile.csv\n(run python -m lambda_blocks.profiling)", ha="center", va="center",

@@ -193,6 +193,16 @@ def log_x_at(ax, values) -> None:
         ax.tick_params(axis="x", labelrotation=30, labelsize=6)
 
 
+def log_y_clean(ax, subs=(1.0, 2.0, 5.0)) -> None:
+    """Log y axis with labels at 1, 2, 5 x 10^k only (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: human(v) if v >= 1000 else f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def floor_lines(ax, floors: pd.DataFrame | None, metric: str) -> None:
     """The classical fills as horizontal reference lines (grey, one line style each)."""
     if floors is None or not len(floors) or metric not in floors:
@@ -232,29 +242,51 @@ def fig_quality_vs_size(runs: pd.DataFrame, metric: str, out_dir, name: str | No
     return save_figure(fig, out_dir, name or f"quality_vs_size_{metric}")
 
 
+def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd") -> pd.DataFrame:
+    """The block rows one cost line may join: one pass, batch 1, the most common thread count and
+    dtype, one row per (variant, pixels) (the newest), sorted by pixels."""
+    prof = profile[(profile["kind"] == "block") & (profile["pass"] == pass_)]
+    for col, keep in (("batch", 1), ("threads", None), ("dtype", None), ("hardware", None)):
+        if col in prof and prof[col].notna().any():
+            prof = prof[prof[col] == (keep if keep is not None else prof[col].mode().iloc[0])]
+    if "measured_at" in prof:
+        prof = prof.sort_values("measured_at", kind="stable")
+    return prof.drop_duplicates(["variant", "pixels"], keep="last").sort_values("pixels", kind="stable")
+
+
 def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_resolution") -> list[Path]:
     """MACs, latency and peak memory of single blocks vs pixel count, log-log, with fitted slopes."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     style()
-    prof = profile[(profile["kind"] == "block") & (profile["pass"] == "fwd")]
-    panels = [("macs", "MACs / sample"), ("latency_ms_median", "latency ms"), ("peak_mem_mb", "peak memory MB")]
-    fig, axes = plt.subplots(1, 3, figsize=(7.8, 2.5))
+    prof = consistent_block_rows(profile)
+    panels = [("macs", "MACs / sample"), ("latency_ms_median", "latency (ms)"), ("peak_mem_mb", "peak memory (MiB)")]
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
     for ax, (col, ylabel) in zip(axes, panels):
         for var, grp in prof.groupby("variant", sort=False):
-            grp = grp.sort_values("pixels")
             if col not in grp or grp[col].isna().all():
                 continue
             slope = loglog_slope(grp["pixels"], grp[col])
-            ax.plot(grp["pixels"], grp[col], marker="o", ms=3, color=color(var), label=f"{label(var)} (slope {slope:.2f})")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+            ax.plot(grp["pixels"], grp[col], marker="o", ms=3, color=color(var), label=label(var))
+            last = grp.dropna(subset=[col]).iloc[-1]
+            ax.annotate(f"{slope:.2f}", (last["pixels"], last[col]), xytext=(3, 0), textcoords="offset points",
+                        fontsize=6, color=color(var), va="center")
+        log_x_at(ax, prof["pixels"])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(round(v ** 0.5))}²"))
+        ax.tick_params(axis="x", labelrotation=0)
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.8)  # room for the slope labels
+        log_y_clean(ax, subs=(1.0,))
         ax.set_xlabel("pixels H·W")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=5.5)
+        ax.set_title(ylabel, fontsize=8)
+    h, lab = axes[0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="lower center", ncol=len(lab), fontsize=6, frameon=False, bbox_to_anchor=(0.5, 0.0))
     width = int(prof["channels"].iloc[0]) if "channels" in prof and len(prof) else None
     hw = prof["hardware"].iloc[0] if "hardware" in prof and len(prof) else ""
-    fig.suptitle(f"cost of one token mixer vs resolution (width {width}, batch 1, {hw})", fontsize=8)
+    th = int(prof["threads"].iloc[0]) if "threads" in prof and len(prof) and prof["threads"].notna().any() else None
+    fig.suptitle(f"cost of one token mixer vs resolution (width {width}, batch 1, forward, {hw}"
+                 + (f", {th} thread{'s' if th != 1 else ''}" if th else "") + "); numbers: log-log slopes", fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(fig, out_dir, name)
 
 
@@ -668,18 +700,13 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
         floor_lines(ax, floors, col)
         for (arm, recipe), grp in ev.groupby(["arm", "recipe"], sort=True):
             curve = grp.groupby("step")[col].mean()
-            ax.plot(curve.index, curve.values, marker="o", ms=2, lw=1, color=color(arm),
-                    ls=styles.get(recipe, "-"), label=f"{label(arm).split(' (=')[0]}, {recipe}")
+            cool = "cool-down" in recipe
+            ax.plot(curve.index, curve.values, marker="s" if cool else "o", ms=2.5 if cool else 2, lw=1, color=color(arm),
+                    ls=(0, (4, 1.5)) if cool else styles.get(recipe, "-"), label=f"{label(arm).split(' (=')[0]}, {recipe}")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training step")
         if col in ("lpips", "lpips_hole", "fid"):
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("log")
-            fmt = FuncFormatter(lambda v, _p: f"{v:.3g}")
-            ax.yaxis.set_major_formatter(fmt)
-            ax.yaxis.set_minor_formatter(fmt)
-            ax.tick_params(axis="y", which="minor", labelsize=5.5)
+            log_y_clean(ax)
     handles, labels_ = [], []
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):

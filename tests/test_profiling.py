@@ -353,3 +353,23 @@ def test_one_loglog_slope_skips_failed_points():
     assert plotting.loglog_slope is P.loglog_slope
     assert P.loglog_slope([16, 32, 0, 64], [1, 4, 5, float("nan")]) == pytest.approx(2)
     assert math.isnan(P.loglog_slope([16], [1])) and math.isnan(P.loglog_slope([16, 32], [1, float("inf")]))
+
+
+def test_a_cost_line_joins_one_consistent_set_of_rows():
+    """Rows of several thread counts or batches for one size never make one line zigzag."""
+    import pandas as pd
+
+    from lambda_blocks.plotting import consistent_block_rows
+
+    rows = []
+    for threads in (1, 1, 2):
+        for px in (256, 1024):
+            for batch in (1, 4):
+                rows.append(dict(kind="block", variant="lmi", pixels=px, batch=batch, threads=threads, dtype="float32",
+                                 hardware="X", latency_ms_median=px * threads * batch, measured_at=f"2026-0{threads}"))
+    rows.append(dict(kind="block", variant="lmi", pixels=256, batch=1, threads=1, dtype="float32", hardware="X",
+                     latency_ms_median=1.0, measured_at="2026-09", **{"pass": "fwd_bwd"}))
+    df = pd.DataFrame(rows).fillna({"pass": "fwd"})
+    got = consistent_block_rows(df)
+    assert got["pixels"].tolist() == [256, 1024]
+    assert (got["threads"] == 1).all() and (got["batch"] == 1).all() and got["latency_ms_median"].tolist() == [256, 1024]
