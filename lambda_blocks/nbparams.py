@@ -114,7 +114,20 @@ SCHEMAS: dict[str, dict[str, tuple[type, object]]] = {
     },
     "30_quality_vs_size": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
     "90_paper_figures": {"preset": (str, _one_of(PRESETS)), "root": (str, None)},
+    "00_lambda_walkthrough": None,  # the fields of explain.WalkthroughParams (built on first use)
 }
+
+
+def _schema(notebook: str) -> dict:
+    if SCHEMAS[notebook] is None:  # names and types here; explain.validate_params checks the ranges
+        import dataclasses
+        import typing
+
+        from .explain import WalkthroughParams
+
+        hints = typing.get_type_hints(WalkthroughParams)
+        SCHEMAS[notebook] = {f.name: (hints[f.name], None) for f in dataclasses.fields(WalkthroughParams)}
+    return SCHEMAS[notebook]
 _IGNORED = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
 
@@ -125,7 +138,7 @@ def validate_notebook(notebook: str, namespace: dict) -> dict:
     """
     if notebook not in SCHEMAS:
         raise KeyError(f"no parameter schema for notebook {notebook!r}; known: {sorted(SCHEMAS)}")
-    schema = SCHEMAS[notebook]
+    schema = _schema(notebook)
     names = {
         k for k, v in namespace.items()
         if not k.startswith("_") and k not in _IGNORED and not isinstance(v, (types.ModuleType, types.FunctionType, type))

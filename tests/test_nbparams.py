@@ -37,3 +37,19 @@ def test_missing_parameter_and_csv_lists():
         validate_notebook("20_profile", {**prof, "variants": "vanilla,flash"})
     with pytest.raises(ValueError, match="sizes"):
         validate_notebook("20_profile", {**prof, "sizes": "16,big"})
+
+
+def test_the_walkthrough_is_checked_by_the_one_validator():
+    """Notebook 00 goes through validate_notebook like every other notebook (a misspelt injected
+    name is an error), then explain.validate_params checks the ranges."""
+    import pytest
+
+    from lambda_blocks import explain as E
+    from lambda_blocks.nbparams import validate_notebook
+
+    ns = E.WalkthroughParams().as_dict()
+    assert E.validate_params(**validate_notebook("00_lambda_walkthrough", ns)) == E.WalkthroughParams()
+    with pytest.raises(NameError, match="hieght"):
+        validate_notebook("00_lambda_walkthrough", {**ns, "hieght": 3})
+    with pytest.raises(TypeError, match="'r'"):
+        validate_notebook("00_lambda_walkthrough", {**ns, "r": "5"})
