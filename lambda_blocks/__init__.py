@@ -3,7 +3,7 @@ interchangeable inside a small inpainting diffusion U-Net.
 
 Importing the package changes no global torch setting (see `lambda_blocks.runtime`).
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .layers import create_attention, explicit_ops, list_attention  # noqa: E402
 from .unet import ARMS, SIZES, InpaintUNet, UNetConfig, build_unet  # noqa: E402

@@ -658,11 +658,17 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     pred = runs["prediction"].fillna("eps") if "prediction" in runs else pd.Series("eps", index=runs.index)
     lw = runs["loss_weighting"].fillna("none") if "loss_weighting" in runs else pd.Series("none", index=runs.index)
     keep = (pred == want["prediction"]) & (lw == want["loss_weighting"])
-    if "train_decay_steps" in runs:  # a cool-down or a longer budget is a convergence variant, not a study row
+    if "train_decay_steps" in runs:  # a cool-down is a convergence variant, not a study row
         keep &= runs["train_decay_steps"].fillna(0) == want["decay_steps"]
-    if "train_steps" in runs and want["steps"] is not None:
-        keep &= runs["train_steps"].isna() | (runs["train_steps"] == want["steps"])
-    return runs[keep]
+    out = runs[keep]
+    if "train_steps" in out and want["steps"] is not None and len(out):
+        # one row per network and seed: the run of the preset's budget where there is one (a longer
+        # or shorter budget of the same config is a point of the convergence curve)
+        key = [c for c in ("tag", "arm", "size", "seed", "image_size", "space", "kd") if c in out]
+        pref = (out["train_steps"].isna() | (out["train_steps"] == want["steps"])).astype(bool)
+        has = pref.groupby([out[c].astype(str) for c in key]).transform("any").astype(bool)
+        out = out[pref | ~has]
+    return out
 
 
 def recipe_label(prediction, weighting, decay_steps=0, steps=None) -> str:

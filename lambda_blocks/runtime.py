@@ -119,7 +119,7 @@ def _cpu_model() -> str:
 
 def environment_info(device: torch.device | str | None = None) -> dict:
     """Versions, git state, hardware and threads (no host name, no user paths)."""
-    from . import __version__
+    from ._version import __version__
 
     dev = torch.device(device) if device is not None else select_device("auto")
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None

@@ -883,7 +883,7 @@ def _run(cfg: ExpCfg, paths: records.RunPaths, dist: _Dist, device: torch.device
 
 
 def _pkg_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

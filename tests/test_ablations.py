@@ -243,9 +243,13 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     assert sorted(ev[ev["run_id"] == cool.run_name]["step"]) == [6]  # steps 2 and 4 are the short run's
     assert rr.loc[cool.run_name, "extended_from"] == short.run_name and rr.loc[cool.run_name, "train_decay_steps"] == 2
     assert P._recipes(ev[ev["run_id"] == cool.run_name])[0].endswith("cool-down 4→6")
-    as_preset = out["runs"].assign(train_steps=P.preset_recipe("smoke")["steps"])  # only the schedule differs now
-    assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
-    assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == set()  # nor another budget (4 and 6 != 40 steps)
+    assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
+    longer = tiny_cfg(arm="linear", **base, **{"train.steps": 8})
+    run(longer, runs, progress=False)
+    rows = collect(runs, tmp_path / "results2")["runs"]
+    assert set(P.with_recipe(rows, "smoke")["run_id"]) == {short.run_name, longer.run_name}  # neither is the preset's 40
+    as_preset = rows.assign(train_steps=[40 if r == longer.run_name else s for r, s in zip(rows["run_id"], rows["train_steps"])])
+    assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {longer.run_name}  # the preset's budget wins
 
 
 def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_path):

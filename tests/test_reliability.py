@@ -116,7 +116,7 @@ def test_two_processes_on_one_run_folder_do_not_interleave(tmp_path):
 
 
 def test_profile_out_refuses_a_file_that_is_not_a_profile_table(tmp_path):
-    from lambda_blocks import profile
+    from lambda_blocks.profiling import cli as profile
 
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes, not a CSV\n")

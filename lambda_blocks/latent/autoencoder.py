@@ -433,7 +433,7 @@ def _evaluate(model: LatentAutoencoder, images: torch.Tensor, device: torch.devi
 
 
 def _ckpt_state(model, opt, step, train_time, cfg, chash, scaled: bool, window: dict) -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_time_s": train_time,
