@@ -662,12 +662,12 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
         keep &= runs["train_decay_steps"].fillna(0) == want["decay_steps"]
     out = runs[keep]
     if "train_steps" in out and want["steps"] is not None and len(out):
-        # one row per network and seed: the run of the preset's budget where there is one (a longer
-        # or shorter budget of the same config is a point of the convergence curve)
-        key = [c for c in ("tag", "arm", "size", "seed", "image_size", "space", "kd") if c in out]
+        # the preset's budget only, once any run has it: arms are compared at equal steps (another
+        # budget of the same config is a point of the convergence curve). Runs of a config with its
+        # own budget (no run at the preset's) are all kept.
         pref = (out["train_steps"].isna() | (out["train_steps"] == want["steps"])).astype(bool)
-        has = pref.groupby([out[c].astype(str) for c in key]).transform("any").astype(bool)
-        out = out[pref | ~has]
+        if (out["train_steps"] == want["steps"]).any():
+            out = out[pref]
     return out
 
 
