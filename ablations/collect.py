@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from lambda_blocks.config import run_tag
-from lambda_blocks.records import atomic_write_text
+from lambda_blocks.records import atomic_write_text, csv_text
 
 RUN_COLUMNS = [
     "run_id", "config_hash", "status", "error", "arm", "size", "seed", "preset", "image_size",
@@ -57,14 +57,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Floats with 6 significant digits; whole-number columns (params, MACs, steps) as integers, even
-    with gaps (an unfinished run's empty cells would otherwise turn 377561088 MACs into 3.77561e+08)."""
-    df = df.copy()
-    for c in df.columns:
-        col = df[c]
-        if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all() and (col.dropna().abs() < 2**53).all():
-            df[c] = col.astype("Int64")
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, csv_text(df))
 
 
 MODES = ("refuse", "merge", "replace")

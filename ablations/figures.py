@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from lambda_blocks import plotting as P
-from lambda_blocks.records import atomic_write_text
+from lambda_blocks.records import atomic_write_text, csv_text
 from lambda_blocks.unet import canonical_arm
 
 
@@ -106,11 +106,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             if tiles:
                 written += P.fig_qualitative(tiles, figures_dir, name="qualitative_kd")
         if len(done):
-            summ = P.seed_summary(done)
-            for c in ("params", "macs", "n_seeds", "n_eval_images", "image_size"):  # counts stay integers
-                if c in summ and summ[c].notna().all():
-                    summ[c] = summ[c].astype("int64")
-            _write(assets_dir / "seed_summary.csv", summ.to_csv(index=False, float_format="%.6g"), written)
+            _write(assets_dir / "seed_summary.csv", csv_text(P.seed_summary(done)), written)
     if evals is not None and len(evals) and runs is not None:
         pixel_ids = set(P.split_runs(P.split_kinds(runs)[0])[0]["run_id"])
         ev = evals[evals["run_id"].isin(pixel_ids)]

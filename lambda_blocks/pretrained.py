@@ -92,7 +92,7 @@ def export(run_dir: str | Path, name: str, root: Path | str = WEIGHTS_DIR, floor
         import pandas as pd
 
         runs = pd.read_csv(floor_csv)
-        fl = runs[(runs.get("kind") == "floor") & (runs["image_size"] == summary.get("image_size"))]
+        fl = runs[(runs["kind"] == "floor") & (runs["image_size"] == summary.get("image_size"))] if "kind" in runs else runs[:0]
         floor = {r["arm"]: {m: r[m] for m in _METRICS if m in r and r[m] == r[m]} for _, r in fl.iterrows()}
     card = {
         "name": name, "source_run": paths.dir.name, "config_hash": summary["config_hash"], "config": config,

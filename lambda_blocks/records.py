@@ -182,6 +182,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def csv_text(df) -> str:
+    """A tidy CSV: floats with 6 significant digits, whole-number columns (params, MACs, steps,
+    counts) as integers even with gaps (an empty cell would otherwise turn 377561088 into 3.77561e+08)."""
+    df = df.copy()
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all() and (col.dropna().abs() < 2**53).all():
+            df[c] = col.astype("Int64")
+    return df.to_csv(index=False, float_format="%.6g")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 

@@ -86,6 +86,7 @@ def planned_run_dir(preset: str = "smoke", out: str | Path = "runs", arm: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..unet import ARMS, SIZES
+    from .kd import WEIGHTINGS
 
     ap = argparse.ArgumentParser(prog="python -m lambda_blocks.latent.distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--attn", "--arm", dest="arm", default="lmi", choices=list(ARMS), help="student arm (unet.ARMS)")
     ap.add_argument("--size", default=None, choices=list(SIZES), help="student size (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--weighting", default="adaptive", choices=("adaptive", "fixed"))
+    ap.add_argument("--weighting", default="adaptive", choices=list(WEIGHTINGS))
     ap.add_argument("--no-kd", action="store_true", help="train the same student in latent space without KD")
     ap.add_argument("--out", default="runs")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
