@@ -203,3 +203,26 @@ def _args(name):
     import inspect
 
     return inspect.signature(get_attention_class(name).__init__).parameters
+
+
+@pytest.mark.parametrize("dim_u", [1, 2])
+def test_interactive_fourier_equals_the_formed_position_lambda(dim_u):
+    """The factorised application (gate moved onto the queries) is Bello's (λc + λp_n)^T q_n with
+    λp_n[k, v] = Σ_u G(p_n)[k, u] Σ_l P[u, k, l] V[u, v, l] formed explicitly, in float64."""
+    from einops import rearrange
+
+    from lambda_blocks.layers.lambda_layers import fourier_features
+
+    m = build("interactive_lambda", dim_u=dim_u).double().eval()
+    x, ctx = torch.randn(2, DIM, 5, 7, dtype=torch.float64), torch.randn(2, 9, DIM, dtype=torch.float64)
+    u = dim_u
+    q = rearrange(m.norm_q(m.to_q(x)), "b (h k) x y -> b h k (x y)", h=m.heads)
+    keys = rearrange(m.to_k(ctx), "b l (u k) -> b u k l", u=u).softmax(-1)
+    v = rearrange(m._values(ctx), "b l (u v) -> b u v l", u=u)
+    pk = rearrange(m.to_pos_k(ctx), "b l (u k) -> b u k l", u=u)
+    gate = rearrange(m.pos_gate(fourier_features(5, 7, m.n_freq, x.device, x.dtype)), "n (k u) -> n k u", u=u)
+    lam_c = torch.einsum("bukl,buvl->bkv", keys, v)
+    lam_p = torch.einsum("nku,bukl,buvl->bkvn", gate, pk, v)
+    y = torch.einsum("bhkn,bkvn->bhvn", q, lam_p + lam_c[..., None])
+    want = rearrange(y, "b h v (x y) -> b (h v) x y", x=5)
+    torch.testing.assert_close(m(x, ctx), want, rtol=1e-12, atol=1e-12)

@@ -37,16 +37,6 @@ def analytic(m, h, w, b=B):
     return P.analytic_macs(m, h, w, L if m.requires_context else 0, b)
 
 
-def torch_gap(m, h, w, b=B):
-    """MACs FlopCounterMode cannot see: Interactive-λ's ``nku,bukv->bkvn`` einsum has only u (= 1) to
-    contract, so torch runs it as a broadcast multiply (N*k*v products, not a matmul)."""
-    gap = 0
-    for sub in m.modules():
-        if isinstance(sub, InteractiveLambda) and sub.position == "fourier" and sub.dim_u == 1:
-            gap += h * w * sub.dim_k * sub.dim_v
-    return gap * b
-
-
 CASES = [(name, {}) for name in list_attention()] + [
     ("local_lambda", dict(lambda_conv=impl)) for impl in ("conv3d", "unfold", "rfft")
 ] + [
@@ -60,7 +50,7 @@ CASES = [(name, {}) for name in list_attention()] + [
 
 @pytest.mark.parametrize("name, kw", CASES, ids=[f"{n}-{k}" for n, k in CASES])
 def test_analytic_macs_match_fvcore_and_torch_exactly(name, kw):
-    """Tolerance: exact (0 MACs) for fvcore; torch exact up to the documented size-1 contraction."""
+    """Tolerance: exact (0 MACs) for fvcore and for torch's FlopCounterMode."""
     m = build(name, **kw)
     h, w = (6, 5) if kw.get("position") == "table" else (7, 5)
     x = inputs(m, h, w)
@@ -68,7 +58,7 @@ def test_analytic_macs_match_fvcore_and_torch_exactly(name, kw):
     expected = analytic(m, h, w)
     assert fv["macs"] == expected, fv["by_operator"]
     assert fv["unsupported_matmul"] == {}, fv["unsupported"]
-    assert P.torch_macs(m, x) == expected - torch_gap(m, h, w)
+    assert P.torch_macs(m, x) == expected
     # the meta-device count equals the count on real tensors
     assert P.torch_macs(m, x, meta=False) == P.torch_macs(m, x)
 
@@ -118,10 +108,7 @@ def test_unet_fvcore_counts_and_reports_unsupported_ops(arm):
     assert fv["unsupported"], "elementwise ops (silu, add, softmax...) must be listed, not hidden"
     assert fv["unsupported_matmul"] == {}
     assert P.format_ops(fv["unsupported"]).count(";") == len(fv["unsupported"]) - 1
-    if arm == "vanilla":  # no size-1 contraction anywhere: the two counters agree exactly
-        assert P.torch_macs(net, x) == fv["macs"]
-    else:  # Interactive-λ blocks at 16x16 (width 32) and 8x8 (width 64): see torch_gap
-        assert fv["macs"] - P.torch_macs(net, x) == 3 * 16 * 16 * 8 * 8 + 3 * 8 * 8 * 16 * 16
+    assert P.torch_macs(net, x) == fv["macs"]  # the two counters agree exactly
 
 
 def test_einsum_macs_brute_force():

@@ -365,9 +365,13 @@ class InteractiveLambda(TokenMixer):
             pk = rearrange(self.to_pos_k(context), "b l (u k) -> b u k l", u=self.dim_u)
             per_u = torch.einsum("bukl,buvl->bukv", pk, v)  # Σ_l P V  (B, u, k, v)
             feats = fourier_features(hh, ww, self.n_freq, x.device, x.dtype)
-            gate = rearrange(self.pos_gate(feats), "n (k u) -> n k u", u=self.dim_u)  # G(p_n)
-            pos = torch.einsum("nku,bukv->bkvn", gate, per_u)  # λp (B, k, v, N)
-            out = apply_lambdas(q, pos + lam.unsqueeze(-1))  # (λc + λp_n)^T q_n
+            gate = rearrange(self.pos_gate(feats), "n (k u) -> u k n", u=self.dim_u)  # G(p_n)
+            # (λc + λp_n)^T q_n with λp_n = Σ_u G(p_n)[:, u] ⊙ (PV)_u never formed: the gate moves onto
+            # the queries, y_n = λc^T q_n + Σ_u (PV)_u^T (G(p_n)_u ⊙ q_n), one batched matmul over
+            # depth (1 + u) k instead of a (B, k, v, N) tensor and a per-pixel application.
+            qg = torch.cat([q.unsqueeze(2), q.unsqueeze(2) * gate], dim=2)  # (B, h, 1+u, k, N)
+            lams = torch.cat([lam.unsqueeze(1), per_u], dim=1)  # (B, 1+u, k, v)
+            out = torch.einsum("bhjkn,bjkv->bhvn", qg, lams)
         elif self.position == "table":
             if (hh, ww) != self.feat_size or context.shape[1] != self.num_tokens:
                 raise ValueError(
@@ -383,11 +387,11 @@ class InteractiveLambda(TokenMixer):
         n, L, k, u, v, nh = h * w, context_len, self.dim_k, self.dim_u, self.dim_v, self.heads
         total = n * self.dim * nh * k + L * self.context_dim * u * (k + v)  # projections
         total += L * k * v * u  # content lambda λc
-        total += n * nh * k * v  # applying λc (+ λp_n, summed first) to the queries: one pass
+        total += n * nh * k * v  # applying λc to the queries (with λp_n summed first for the table)
         if self.position == "fourier":
             total += L * self.context_dim * u * k + L * u * k * v  # position keys, Σ_l P V
             total += n * 4 * self.n_freq * k * u  # G(p_n)
-            total += n * k * v * u  # λp_n = Σ_u G ⊙ (PV)
+            total += n * nh * k * v * u  # Σ_u (PV)_u^T (G_u ⊙ q_n): λp is applied without being formed
         elif self.position == "table":
             total += n * L * k * v * u  # λp_n = Σ_l Σ_u E V
         return total

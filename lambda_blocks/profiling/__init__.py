@@ -22,9 +22,8 @@ Units and conventions
       in ``unsupported_matmul``. fvcore's norm / pooling / upsampling counts are reported apart
       (``other``), outside the MAC total;
     - ``torch_macs``: ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 x MACs, halved), run on
-      meta tensors (free, any size). Known difference: an einsum whose only contracted index has size
-      1 (Interactive-λ's ``nku,bukv->bkvn`` with u = 1) is lowered by torch to a broadcast multiply,
-      which FlopCounterMode does not count, so it reads ``N*k*v`` lower than the analytic count.
+      meta tensors (free, any size). The three counts agree exactly on every registered mixer and arm
+      (tests/test_profiling.py).
 * **Latency** (``latency``): CPU -> ``torch.utils.benchmark.Timer.blocked_autorange`` (plus single
   runs until at least ``min_reps`` samples); CUDA -> CUDA events around each call. Median and IQR
   (75th - 25th percentile) in ms over the per-run samples; ``torch.get_num_threads()`` is recorded.
