@@ -38,7 +38,7 @@ def analytic(m, h, w, b=B):
 
 
 CASES = [(name, {}) for name in list_attention()] + [
-    ("local_lambda", dict(lambda_conv=impl)) for impl in ("conv3d", "unfold", "rfft")
+    ("local_lambda", dict(lambda_conv=impl)) for impl in ("conv3d", "unfold", "rfft", "toeplitz")
 ] + [
     ("local_lambda", dict(dim_u=2, r=5, norm="group")),
     ("interactive_lambda", dict(position="none")),
@@ -360,3 +360,32 @@ def test_a_cost_line_joins_one_consistent_set_of_rows():
     got = consistent_block_rows(df)
     assert got["pixels"].tolist() == [256, 1024]
     assert (got["threads"] == 1).all() and (got["batch"] == 1).all() and got["latency_ms_median"].tolist() == [256, 1024]
+
+
+def test_auto_lambda_conv_picks_by_pass_and_size():
+    from lambda_blocks.layers.lambda_layers import _auto_lambda_conv
+
+    w15 = torch.zeros(16, 1, 15, 15, requires_grad=True)
+    small, large = torch.zeros(4, 1, 16, 16 * 16), torch.zeros(4, 1, 16, 32 * 32)
+    assert _auto_lambda_conv(small, w15, 16, 16) == "toeplitz"  # 256 <= 2 * 225 pixels, 64 rows
+    assert _auto_lambda_conv(small[:1], w15, 16, 16) == "rfft"  # 16 rows: the Toeplitz build does not pay
+    assert _auto_lambda_conv(large, w15, 32, 32) == "rfft"  # 1024 pixels: k*N^2 too large
+    assert _auto_lambda_conv(small, torch.zeros(16, 1, 7, 7, requires_grad=True), 16, 16) == "conv2d"
+    with torch.no_grad():
+        assert _auto_lambda_conv(small, w15, 16, 16) == "conv2d"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_toeplitz_lambda_conv_under_autocast(dtype):
+    """The Toeplitz product computes in the inputs' dtype (never autocast's), its gradients come back
+    in the inputs' dtypes, and float32 agrees with conv2d."""
+    torch.manual_seed(0)
+    v = torch.randn(2, 1, 8, 12 * 12).to(dtype).requires_grad_()
+    wt = (torch.randn(8, 1, 15, 15) / 15).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lambda_conv(v, wt, None, 12, 12, "toeplitz")
+    assert out.dtype == torch.promote_types(dtype, torch.float32)
+    out.sum().backward()
+    assert v.grad.dtype == dtype and wt.grad.dtype == torch.float32
+    ref = lambda_conv(v.detach().float(), wt.detach(), None, 12, 12, "conv2d")
+    torch.testing.assert_close(out.detach(), ref, rtol=1e-5, atol=1e-5)

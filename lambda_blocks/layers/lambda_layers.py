@@ -14,10 +14,11 @@ position, keys of depth k, values of depth v = C/|h| and intra-depth u (MOEBIUS_
 Local-λ (Moebius section 3) uses self-context (c = x, M = N) and computes λp with a *lambda
 convolution* of scope r: E is a learned r x r kernel R[k, u, Δ] shared over the v axis and over
 positions, λp_n[k, v] = Σ_u Σ_Δ R[k,u,Δ] V[u, v, n+Δ] (+ bias_k). The cost is linear in N and
-nothing depends on the resolution. Four equivalent formulations of that convolution are
+nothing depends on the resolution. Five equivalent formulations of that convolution are
 selectable (``lambda_conv``): ``conv3d`` (Bello's / lucidrains' form), ``conv2d`` (the v axis
-folded into the batch), ``unfold``, and ``rfft`` (products of real 2-D FFTs); the default ``auto``
-takes ``rfft`` for r >= 9 and ``conv2d`` below, the faster of the two on CPU.
+folded into the batch), ``unfold``, ``rfft`` (products of real 2-D FFTs) and ``toeplitz`` (one GEMM
+with the kernel's block-Toeplitz matrix); the default ``auto`` picks per pass and map size, by
+measurement on CPU.
 The per-pixel application of the lambdas to the queries (``apply_lambdas``) is a custom autograd
 Function: torch lowers its einsum to one tiny bmm per pixel.
 
@@ -50,7 +51,7 @@ from .common import (
     register_attention,
 )
 
-LAMBDA_CONVS = ("conv2d", "conv3d", "unfold", "rfft", "auto")
+LAMBDA_CONVS = ("conv2d", "conv3d", "unfold", "rfft", "toeplitz", "auto")
 
 
 def _check_lambda_args(dim: int, heads: int, dim_k: int | None, dim_u: int, norm: str) -> int:
@@ -82,6 +83,93 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+_DIAG_INDEX: dict = {}
+
+
+def _toeplitz_diagonals(h: int, w: int, r: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each kernel tap sits in the flattened (M, N) Toeplitz matrix of `_ToeplitzConv`.
+
+    For output pixel n and tap Δ the input pixel is m = n + Δ; in the flipped order m' = M-1-m the
+    entry is row m', column n. Returns (flat index (r*r, N) into M*N, in-bounds mask), cached."""
+    key = (h, w, r, str(device))
+    if key not in _DIAG_INDEX:
+        p = r // 2
+        ny, nx = (t.reshape(-1) for t in torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"))
+        d = torch.arange(r * r)
+        my, mx = ny[None] + (d // r - p)[:, None], nx[None] + (d % r - p)[:, None]  # (r*r, N)
+        ok = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+        flat = ((h - 1 - my) * w + (w - 1 - mx)) * (h * w) + ny[None] * w + nx[None]
+        _DIAG_INDEX[key] = (torch.where(ok, flat, 0).to(device), ok.to(device))
+    return _DIAG_INDEX[key]
+
+
+class _ToeplitzConv(torch.autograd.Function):
+    """λp as one dense matmul: the lambda convolution is multiplication by a block-Toeplitz matrix
+    T[(u, m), (k, n)] = R[k, u, m - n + p] (zero outside the scope), so on a small map (N up to
+    ~2 r^2) a single GEMM of N*u x N*k beats both the direct convolution (one input channel: poor
+    vectorisation) and the FFT (thousands of tiny transforms). With the input pixels taken in reverse
+    order, T is a strided view of the flipped, zero-padded kernel (no gather): T[(u, m'), (k, n)] =
+    Rq[k, u, m' + n]. Backward: two more GEMMs, the kernel gradient read off T's diagonals."""
+
+    @staticmethod
+    def forward(ctx, v, weight, bias, h, w):
+        b, u, dv, n = v.shape
+        k, r = weight.shape[0], weight.shape[-1]
+        dtype = torch.promote_types(v.dtype, weight.dtype)  # computed as given, also under autocast
+        ph, pw = h - 1 - r // 2, w - 1 - r // 2  # negative: the map is smaller than the scope, crop
+        rq = F.pad(weight.to(dtype).flip(-2, -1), (pw, pw, ph, ph))  # (k, u, 2h-1, 2w-1)
+        s = rq.stride()
+        t = rq.as_strided((u, h, w, k, h, w), (s[1], s[2], s[3], s[0], s[2], s[3])).reshape(u * n, k * n)
+        vf = v.to(dtype).transpose(1, 2).flip(-1).reshape(b * dv, u * n)  # (B*v, u*M), pixels reversed
+        with torch.autocast(v.device.type, enabled=False):
+            out = vf @ t  # (B*v, k*N)
+        if bias is not None:
+            out.view(b * dv, k, n).add_(bias.to(dtype).view(1, k, 1))
+        ctx.save_for_backward(vf, t)
+        ctx.meta = (b, u, dv, k, n, r, h, w, bias is not None, v.dtype, weight.dtype)
+        return out.view(b, dv, k, n).transpose(1, 2)  # (B, k, v, N), a view of the (B, v, k, N) product
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        vf, t = ctx.saved_tensors
+        b, u, dv, k, n, r, h, w, has_bias, v_dtype, w_dtype = ctx.meta
+        g = grad.to(t.dtype).transpose(1, 2).reshape(b * dv, k * n)
+        grad_v = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_v = (g @ t.t()).view(b, dv, u, n).flip(-1).transpose(1, 2).to(v_dtype)
+        if ctx.needs_input_grad[1]:
+            gt = (vf.t() @ g).view(u, n, k, n).permute(2, 0, 1, 3).reshape(k, u, n * n)
+            flat, ok = _toeplitz_diagonals(h, w, r, g.device)
+            grad_w = (gt[:, :, flat] * ok).sum(-1).view(k, u, r, r).to(w_dtype)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.view(b * dv, k, n).sum((0, 2)).to(w_dtype)
+        return grad_v, grad_w, grad_b, None, None
+
+
+TOEPLITZ_MAX_VALUES = 1 << 26  # 256 MB of float32: the largest block-Toeplitz matrix ``toeplitz`` builds
+
+
+def toeplitz_fits(n: int, k: int, u: int) -> bool:
+    """Whether the (u*N, k*N) Toeplitz matrix of a lambda convolution is within TOEPLITZ_MAX_VALUES."""
+    return u * k * n * n <= TOEPLITZ_MAX_VALUES
+
+
+def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> str:
+    """The measured-fastest formulation for this pass and size (benchmarks/bench_lambda_conv.py, one
+    CPU thread, the tiny U-Net's Local-λ shapes k = v = 8 and 16, r = 15, batch 1 and 16):
+    forward-only passes -> ``conv2d`` (16 px batch 16: 10 ms, rfft 73); with a backward, small maps
+    with enough rows -> ``toeplitz`` (16 px, k = v = 16, batch 16: 79 ms, rfft 196, conv2d 222),
+    larger maps -> ``rfft`` (32 px, k = v = 8, batch 16: 109 ms, conv2d 272) for r >= 9."""
+    r = int(weight.shape[-1])
+    needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
+    if not needs_grad or r < 9:
+        return "conv2d"
+    if h * w <= 2 * r * r and v.shape[0] * v.shape[2] >= 64:
+        return "toeplitz"
+    return "rfft"
+
+
 def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: int, w: int, impl: str) -> torch.Tensor:
     """Position lambdas by a lambda convolution.
 
@@ -89,14 +177,14 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         v: values (B, u, v, N) with N = h*w.
         weight: kernel (k, u, r, r), shared over the v axis.
         bias: (k,) or None.
-        impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``auto`` (same result, different kernels).
-            ``auto`` picks per pass, the faster of the two on CPU: ``rfft`` for r >= 9 when a
-            backward pass follows (benchmarks/bench_lambda_conv.py, width 64, r = 15, 32..128 px:
-            forward+backward rfft 2-4.5x faster than conv2d), ``conv2d`` for forward-only passes
-            (sampling, evaluation: the lmi tiny U-Net forward at batch 16, 32 px, 1 thread was 1.4x
-            faster with conv2d, 0.95 s against 1.31 s) and for r <= 7 (faster in both). The two
-            agree to ~1e-6 relative in float32, so a training forward and an evaluation forward of
-            the same weights differ at that level.
+        impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``toeplitz`` | ``auto`` (same result,
+            different kernels). ``auto`` picks per pass and size, by measurement (`_auto_lambda_conv`):
+            ``conv2d`` for forward-only passes (sampling, evaluation) and r <= 7, ``toeplitz`` for
+            training passes on small maps (h*w <= 2 r^2, at least 64 rows B*v), ``rfft`` for the
+            other training passes. They agree to ~1e-6 relative in float32, so a training forward
+            and an evaluation forward of the same weights differ at that level.
+            ``toeplitz`` is one GEMM with the block-Toeplitz matrix of the kernel (`_ToeplitzConv`;
+            its memory is k*u*N^2 values, for small maps).
             ``rfft`` multiplies real 2-D FFTs of the zero-padded maps and kernels (exact linear
             correlation up to rounding, ~1e-6 relative in float32); it computes in float32 at least.
             Inside ``explicit_ops()`` it runs as ``conv2d`` so MAC counters see the direct
@@ -108,11 +196,15 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b, u, dv, n = v.shape
     k, r = int(weight.shape[0]), int(weight.shape[-1])  # python ints (also under jit tracing)
     pad = r // 2
-    if impl == "auto":  # measured per pass: rfft wins when a backward follows, conv2d forward-only
-        needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
-        impl = "rfft" if (r >= 9 and needs_grad) else "conv2d"
-    if impl == "rfft" and (explicit_ops_enabled() or _exporting()):
+    if impl == "auto":
+        impl = _auto_lambda_conv(v, weight, h, w)
+    if impl in ("rfft", "toeplitz") and (explicit_ops_enabled() or _exporting()):
         impl = "conv2d"  # the same numbers by the direct convolution: countable, traceable, ONNX-exportable
+    if impl == "toeplitz":
+        if not toeplitz_fits(h * w, k, u):
+            raise ValueError(f"lambda_conv='toeplitz' needs a {u * h * w} x {k * h * w} matrix at {h}x{w} "
+                             f"(over {TOEPLITZ_MAX_VALUES} values); it is for small maps, use 'rfft' or 'conv2d'")
+        return _ToeplitzConv.apply(v, weight, bias, h, w)
     if impl == "rfft":
         img = rearrange(v, "b u v (x y) -> (b v) u x y", x=h, y=w)
         dtype = torch.promote_types(img.dtype, torch.float32)
@@ -205,8 +297,8 @@ class LocalLambda(TokenMixer):
         dim_u: intra-depth u.
         r: scope of the lambda convolution (odd).
         norm: normalisation of queries and values: ``layer`` (default), ``group``, ``batch`` (paper), ``none``.
-        lambda_conv: ``auto`` (default: ``rfft`` for r >= 9 when gradients flow, else ``conv2d``), ``conv2d``,
-            ``conv3d``, ``unfold`` or ``rfft`` (see `lambda_conv`).
+        lambda_conv: ``auto`` (default: per pass and size, see `lambda_conv`), ``conv2d``, ``conv3d``,
+            ``unfold``, ``rfft`` or ``toeplitz``.
         pos_bias: learn a bias per k in the position convolution (as Moebius does).
 
     Shapes: x (B, C, H, W) -> (B, C, H, W), any H, W.
