@@ -112,6 +112,7 @@ class TrainCfg:
     sample_steps: int = 10  # DDIM steps of the periodic evaluation
     log_every: int = 10
     amp_bf16: bool = False  # bf16 autocast, CUDA only (ignored, and recorded as such, on CPU)
+    channels_last: bool = True  # the U-Net's weights, so its activations, in channels_last (benchmarks/bench_unet.py)
     device: str = "auto"
     deterministic: bool = True  # runtime.configure(deterministic=...)
     tf32: bool = False
@@ -194,7 +195,7 @@ _HASH_OPTIONAL = ("latent", "kd")
 _HASH_OPTIONAL_FIELDS = {
     "diffusion": {"prediction": "eps", "loss_weighting": "none", "min_snr_gamma": 5.0},
     "eval": {"periodic_full": False},
-    "train": {"decay_steps": 0},
+    "train": {"decay_steps": 0, "channels_last": True},
 }
 
 

@@ -445,12 +445,14 @@ class TrainState:
 
 
 def init_model(cfg: ExpCfg, device: torch.device | str = "cpu") -> nn.Module:
-    """The U-Net with the run's initial weights, keyed by the seed (the caller's RNG is untouched)."""
+    """The U-Net with the run's initial weights, keyed by the seed (the caller's RNG is untouched), in
+    channels_last when ``train.channels_last`` (the convolutions then keep their activations in it)."""
     from .unet import InpaintUNet
 
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(key_seed("init", cfg.seed))
-        return InpaintUNet(cfg.unet_config()).to(device)
+        return InpaintUNet(cfg.unet_config()).to(device, memory_format=fmt)
 
 
 def new_state(cfg: ExpCfg, model: nn.Module, ema: nn.Module | None = None,

@@ -245,3 +245,23 @@ def test_fast_fid_equals_metrics_fid():
     assert fid_from_features(a, b) == pytest.approx(fid(a, b).fid, rel=1e-6)
     big_a, big_b = rng.normal(size=(80, 16)), rng.normal(size=(70, 16)) + 0.1  # N >= D: delegated
     assert fid_from_features(big_a, big_b) == pytest.approx(fid(big_a, big_b).fid, rel=1e-9)
+
+
+def test_channels_last_is_a_layout_not_a_new_config():
+    """``train.channels_last`` (default on) stores the U-Net's conv weights in channels_last, computes
+    the same function as the contiguous model, and leaves every existing config hash unchanged."""
+    from lambda_blocks.train import init_model
+
+    on = resolve("smoke", arm="lmi")
+    off = resolve("smoke", arm="lmi", overrides={"train.channels_last": False})
+    assert on.train.channels_last and config_hash(on) != config_hash(off)
+    d = on.to_dict()
+    del d["train"]["channels_last"]  # a config written before the option existed
+    assert config_hash(d) == config_hash(on)
+    a, b = init_model(on).eval(), init_model(off).eval()
+    assert a.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert b.conv_in.weight.is_contiguous() and not b.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, a.conv_in.in_channels, 16, 16)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-4, atol=1e-5)
