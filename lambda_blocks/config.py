@@ -249,6 +249,7 @@ class ExpCfg:
     def unet_config(self) -> UNetConfig:
         kw = _unet_kwargs(self.model.unet)
         kw.setdefault("max_timestep", self.diffusion.timesteps)
+        kw.setdefault("table_size", self.work_size)  # what a position='table' arm is fixed to
         if self.latent.space == "latent":
             kw.setdefault("image_channels", self.ae_config().latent_channels)
         return unet_config(self.arm, self.size, **kw)

@@ -33,6 +33,7 @@ _FIXED_LABELS = {
     "both_lambda": "both λ",
     "both_lambda_dw": "both λ + DW",
     "moebius": "Moebius (LλMI + DW)",
+    "moebius_paper": "Moebius, the authors' exact (BN, table, GN 32, init)",
 }
 _FALLBACK_COLORS = ("#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD", "#2F4B7C")
 
@@ -69,7 +70,8 @@ LABELS = RegistryView(_labels)  # recomputed on use: a mixer registered later ge
 PALETTE = RegistryView(_palette)
 FLOOR_STYLE = {"mean": ":", "biharmonic": "--", "telea": "-.", "ns": (0, (6, 2, 1, 2, 1, 2))}
 FLOORS = tuple(FLOOR_STYLE)
-TABLE2_ORDER = ["baseline", "swap_self", "swap_cross", "swap_ffn", "swap_conv", "both_lambda", "both_lambda_dw", "moebius"]
+TABLE2_ORDER = ["baseline", "swap_self", "swap_cross", "swap_ffn", "swap_conv", "both_lambda", "both_lambda_dw", "moebius",
+                "moebius_paper"]
 METRICS = {  # column -> (axis label, lower is better)
     "lpips": ("LPIPS (whole image) ↓", True),
     "lpips_hole": ("LPIPS (hole) ↓", True),

@@ -16,6 +16,7 @@ LCG tokens; every inpainting sample here is of the "background" category) or fro
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,14 @@ class UNetConfig:
         ffn_ratio: FFN hidden ratio (None: 2.5 for mixffn, 4 for mlp).
         mid_block: add a res + mix + res block at the lowest resolution.
         time_mult: time-embedding width = time_mult * widths[0].
+        table_size: side of the full-resolution map that ``position="table"`` tables are built for
+            (level l gets a (table_size / 2**l)^2 x L table); 0: unset (``ExpCfg.unet_config`` sets it
+            to the run's working size). Only a cross mixer with ``position="table"`` reads it.
+        gn_min_channels: channels per GroupNorm group at least: 2 (ours: 16 groups at C = 32) or 1
+            (the authors': 32 groups wherever C allows).
+        zero_init_out: zero-initialise ``conv_out`` (ours; the prediction starts at 0). The authors
+            keep PyTorch's default init, so their task-loss gradient at the output anchor is not 0 at
+            step 0 (see `latent.kd`).
     """
 
     image_channels: int = 3
@@ -72,6 +81,9 @@ class UNetConfig:
     mid_block: bool = False
     time_mult: int = 4
     max_timestep: int = 1000  # timesteps are integers in [0, max_timestep) (the diffusion's T)
+    table_size: int = 0
+    gn_min_channels: int = 2
+    zero_init_out: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -103,10 +115,26 @@ class UNetConfig:
             raise ValueError("cross_mixer needs context tokens: set context to 'category' or 'image'")
         if self.context == "image" and math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
             raise ValueError(f"context='image' pools a g x g grid: num_tokens must be a square, got {self.num_tokens}")
+        if not isinstance(self.table_size, int) or self.table_size < 0:
+            raise ValueError(f"UNetConfig.table_size must be an int >= 0, got {self.table_size!r}")
+        if self.gn_min_channels not in (1, 2):
+            raise ValueError(f"UNetConfig.gn_min_channels must be 1 (the authors') or 2 (ours), got {self.gn_min_channels!r}")
+        if self.cross_kwargs.get("position") == "table" and "feat_size" not in self.cross_kwargs:
+            if self.table_size <= 0:
+                raise ValueError("cross_kwargs position='table' builds one table per level for one map size: set "
+                                 "UNetConfig.table_size (a run sets it to its image / latent side)")
+            if self.table_size % (2 ** (len(self.widths) - 1)):
+                raise ValueError(f"table_size={self.table_size} must be divisible by 2**(levels-1)")
 
     @property
     def levels(self) -> int:
         return len(self.widths)
+
+    @property
+    def fixed_size(self) -> int | None:
+        """The one (square) input side a ``position="table"`` network accepts, else None (any size)."""
+        uses_table = self.cross_kwargs.get("position") == "table" and "feat_size" not in self.cross_kwargs
+        return self.table_size if uses_table else None
 
     def mixer_at(self, level: int) -> tuple[str, str]:
         """(self mixer, cross mixer) of the mixing blocks at ``level``."""
@@ -161,6 +189,11 @@ TABLE2_ARMS: dict[str, dict] = {
     "both_lambda": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mlp", conv="dense"),
     "both_lambda_dw": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mlp", conv="depthwise"),
     "moebius": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
+    # the authors' exact Moebius: BatchNorm on queries / values, the absolute position table (one
+    # resolution), 32 GroupNorm groups where the width allows, PyTorch's default init of conv_out
+    "moebius_paper": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise",
+                          self_kwargs={"norm": "batch"}, cross_kwargs={"norm": "batch", "position": "table"},
+                          gn_min_channels=1, zero_init_out=False),
 }
 
 
@@ -175,10 +208,10 @@ def _aliases() -> dict[str, str]:
     """Arm -> canonical arm: arms that build the same network share the first-declared name
     (``baseline`` -> ``linear``, ``swap_self`` -> ``local_lambda``, ``swap_cross`` ->
     ``interactive_lambda``, ``moebius`` -> ``lmi``), so one architecture is trained once."""
-    first: dict[tuple, str] = {}
+    first: dict[str, str] = {}
     out = {}
     for name, spec in _all_arms().items():
-        key = tuple(sorted(spec.items()))
+        key = json.dumps(spec, sort_keys=True)
         out[name] = first.setdefault(key, name)
     return out
 
@@ -246,11 +279,11 @@ def conv3x3(cin: int, cout: int, kind: str) -> nn.Module:
 class ResBlock(nn.Module):
     """GN -> SiLU -> conv -> + time -> GN -> SiLU -> conv, plus a (1x1 when needed) shortcut."""
 
-    def __init__(self, cin: int, cout: int, time_dim: int, conv: str):
+    def __init__(self, cin: int, cout: int, time_dim: int, conv: str, gn_min_channels: int = 2):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(cin), conv3x3(cin, cout, conv)
+        self.norm1, self.conv1 = group_norm(cin, min_channels=gn_min_channels), conv3x3(cin, cout, conv)
         self.time = nn.Linear(time_dim, cout)
-        self.norm2, self.conv2 = group_norm(cout), conv3x3(cout, cout, conv)
+        self.norm2, self.conv2 = group_norm(cout, min_channels=gn_min_channels), conv3x3(cout, cout, conv)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -265,13 +298,18 @@ class Stage(nn.Module):
 
     def __init__(self, cin: int, cout: int, cfg: UNetConfig, time_dim: int, mix: bool, level: int = 0):
         super().__init__()
-        self.res = ResBlock(cin, cout, time_dim, cfg.conv)
+        self.res = ResBlock(cin, cout, time_dim, cfg.conv, cfg.gn_min_channels)
         self.mix = None
         sm, cm = cfg.mixer_at(level)
         if mix and (sm, cm, cfg.ffn) != ("none", "none", "none"):
+            cross_kwargs = dict(cfg.cross_kwargs)
+            if cross_kwargs.get("position") == "table" and "feat_size" not in cross_kwargs and cm != "none":
+                side = cfg.table_size >> level  # this level's map, and the run's token count
+                cross_kwargs.update(feat_size=(side, side), num_tokens=cfg.num_tokens)
             self.mix = MixBlock2d(
                 cout, sm, cm, cfg.ffn, context_dim=cfg.context_dim, heads=cfg.heads,
-                self_kwargs=cfg.self_kwargs, cross_kwargs=cfg.cross_kwargs, ffn_ratio=cfg.ffn_ratio,
+                self_kwargs=cfg.self_kwargs, cross_kwargs=cross_kwargs, ffn_ratio=cfg.ffn_ratio,
+                gn_min_channels=cfg.gn_min_channels,
             )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -344,10 +382,11 @@ class InpaintUNet(nn.Module):
             self.up.append(stages)
             if lv > 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
-        self.norm_out = group_norm(ch)
+        self.norm_out = group_norm(ch, min_channels=cfg.gn_min_channels)
         self.conv_out = nn.Conv2d(ch, c, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        if cfg.zero_init_out:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
 
     @property
     def divisor(self) -> int:

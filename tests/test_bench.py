@@ -39,6 +39,21 @@ def test_rows_and_ratios_are_consistent():
     assert (df["macs_per_sample"] > 0).all() and (df["method"].str.contains("torch_timer")).all()
 
 
+def test_memory_formats_are_a_dimension_with_speedups_and_a_table():
+    df = B.run(["baseline", "moebius"], "tiny", [16], 2, torch.device("cpu"), rounds=1, dtypes=["fp32"],
+               passes=["fwd"], min_run_time=0.01, formats=B.FORMATS)
+    assert len(df) == 4 and set(df["memory_format"]) == set(B.FORMATS)
+    r = B.ratios(df)
+    lat = df.set_index(["arm", "memory_format"])["latency_ms"]
+    cl = r[r["memory_format"] == "channels_last"].iloc[0]
+    assert cl["moebius_speedup_vs_fp32_contiguous"] == pytest.approx(lat["moebius", "contiguous"] / lat["moebius", "channels_last"])
+    assert cl["baseline_over_moebius"] == pytest.approx(lat["baseline", "channels_last"] / lat["moebius", "channels_last"])
+    md = B.markdown(r, meta="note").splitlines()
+    assert len([ln for ln in md if ln.startswith("| 16 |")]) == 2 and md[-1] == "note"
+    _, _, net = B.make_calls("moebius", "tiny", 16, 2, torch.device("cpu"), "fp32", fmt="channels_last")
+    assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bf16_error_is_small_but_nonzero():
     err = B.bf16_error("baseline", "tiny", 16, torch.device("cpu"))
     assert 0 < err < 0.1

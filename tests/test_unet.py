@@ -1,4 +1,5 @@
 """The inpainting U-Net: every arm and size preset, any valid H x W, clear errors otherwise."""
+import json
 import subprocess
 import sys
 
@@ -17,10 +18,11 @@ def inputs(b, c, h, w):
 @pytest.mark.parametrize("arm", list(ARMS))
 def test_every_arm_forward_backward_tiny(arm):
     torch.manual_seed(0)
-    net = build_unet(arm, "tiny", widths=(16, 32))
-    x, t = inputs(2, 3, 8, 12)
+    net = build_unet(arm, "tiny", widths=(16, 32), table_size=8)
+    hw = (8, 8) if net.cfg.fixed_size else (8, 12)  # the authors' position table: one square size
+    x, t = inputs(2, 3, *hw)
     out = net(x, t)
-    assert out.shape == (2, 3, 8, 12)
+    assert out.shape == (2, 3, *hw)
     # conv_out is zero-initialised; perturb it so gradients reach the whole network
     torch.nn.init.normal_(net.conv_out.weight, std=0.1)
     net(x, t).square().mean().backward()
@@ -157,7 +159,40 @@ def test_aliased_arms_are_one_network_trained_once():
         assert ARMS[canon] not in [ARMS[a] for a in list(ARMS)[: list(ARMS).index(canon)]]
         assert resolve("smoke", arm=arm).run_name == resolve("smoke", arm=canon).run_name
     distinct = {a for a in ARMS if canonical_arm(a) == a}
-    assert len({tuple(sorted(ARMS[a].items())) for a in distinct}) == len(distinct)  # no two left alike
+    assert len({json.dumps(ARMS[a], sort_keys=True) for a in distinct}) == len(distinct)  # no two left alike
     assert arm_names("lmi") == ["lmi", "moebius"]
     with pytest.raises(KeyError, match="unknown arm"):
         canonical_arm("nope")
+
+
+def test_moebius_paper_is_the_authors_configuration():
+    """``moebius_paper``: BatchNorm on queries and values, one absolute position table per level sized
+    by the run's working side (pixel or latent), 32 GroupNorm groups at C = 32 where ours has 16, and
+    a conv_out that is not zero; it is its own network (not an alias of lmi) and fixed to one size."""
+    from lambda_blocks.config import resolve
+    from lambda_blocks.layers.lambda_layers import InteractiveLambda, LocalLambda
+    from lambda_blocks.unet import canonical_arm
+
+    assert canonical_arm("moebius_paper") == "moebius_paper"
+    cfg = resolve("dev", arm="moebius_paper").unet_config()
+    assert cfg.table_size == 32 and cfg.fixed_size == 32
+    net = InpaintUNet(cfg)
+    ours = build_unet("moebius", "tiny")
+    tables = {}
+    for name, mod in net.named_modules():
+        if isinstance(mod, LocalLambda):
+            assert isinstance(mod.norm_q, torch.nn.BatchNorm2d) and isinstance(mod.norm_v, torch.nn.BatchNorm2d)
+        if isinstance(mod, InteractiveLambda):
+            assert mod.position == "table" and isinstance(mod.norm_v, torch.nn.BatchNorm1d)
+            tables[mod.dim] = tuple(mod.pos_table.shape)
+    assert tables == {32: (32 * 32, 16, 8, 1), 64: (16 * 16, 16, 16, 1)}
+    assert net.norm_out.num_groups == 32 and ours.norm_out.num_groups == 16
+    assert net.conv_out.weight.abs().sum() > 0 and ours.conv_out.weight.abs().sum() == 0
+    x, t = inputs(2, 3, 32, 32)
+    assert net(x, t).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="fixed to feat_size"):
+        net(*inputs(1, 3, 64, 64))
+    latent = resolve("dev", arm="moebius_paper", overrides={"latent.space": "latent", "data.image_size": 64})
+    assert latent.unet_config().table_size == latent.work_size == 64 // latent.ae_config().factor
+    with pytest.raises(ValueError, match="table_size"):
+        unet_config("moebius_paper", "tiny")  # no run, no size: a clear error, not a guess

@@ -32,10 +32,12 @@ def cross_mixers() -> tuple[str, ...]:
     return mixers("cross") + ("none",)
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the most groups (<= 32) that divide C and keep >= 2 channels per group
-    (so a 1x1 map still has more than one value per group)."""
-    groups = max([g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= 2] or [1])
+def group_norm(channels: int, max_groups: int = 32, min_channels: int = 2) -> nn.GroupNorm:
+    """GroupNorm with the most groups (<= 32) that divide C and keep >= ``min_channels`` channels per
+    group. Ours is 2 (so a 1x1 map still has more than one value per group: 16 groups at C = 32);
+    ``min_channels=1`` is the authors' choice (always 32 groups where C allows)."""
+    check_positive(min_channels=min_channels)
+    groups = max([g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= min_channels] or [1])
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
@@ -102,6 +104,7 @@ class MixBlock2d(nn.Module):
         heads: heads / queries of every mixer.
         self_kwargs, cross_kwargs: extra arguments of the mixers (e.g. ``r``, ``norm``).
         ffn_ratio: hidden ratio of the FFN (default 2.5 for mixffn, 4 for mlp).
+        gn_min_channels: channels per group of the input GroupNorm at least (`group_norm`).
 
     Returns proj_out(h3) (B, C, H, W); the caller adds the outer residual.
     """
@@ -117,6 +120,7 @@ class MixBlock2d(nn.Module):
         self_kwargs: dict | None = None,
         cross_kwargs: dict | None = None,
         ffn_ratio: float | None = None,
+        gn_min_channels: int = 2,
     ):
         super().__init__()
         check_positive(dim=dim, heads=heads, context_dim=context_dim)
@@ -126,7 +130,7 @@ class MixBlock2d(nn.Module):
             raise ValueError(f"unknown cross mixer {cross_mixer!r}; choose one of {cross_mixers()}")
         self.dim = dim
         self.context_dim = context_dim or dim
-        self.norm_in = group_norm(dim)
+        self.norm_in = group_norm(dim, min_channels=gn_min_channels)
         self.proj_in = nn.Conv2d(dim, dim, 1)
         self.self_mixer = self.cross_mixer = None
         if self_mixer != "none":
