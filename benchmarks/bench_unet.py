@@ -36,6 +36,7 @@ from lambda_blocks.unet import ARMS, SIZES, build_unet  # noqa: E402
 
 DTYPES = ("fp32", "bf16")
 PASSES = ("fwd", "train_step")
+FORMATS = ("contiguous", "channels_last")
 
 
 def autocast(device: torch.device, dtype: str):
@@ -43,10 +44,12 @@ def autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
 
 
-def make_calls(arm: str, size: str, side: int, batch: int, device: torch.device, dtype: str, seed: int = 0):
-    """(forward fn, train-step fn, model) for one arm; deterministic inputs."""
+def make_calls(arm: str, size: str, side: int, batch: int, device: torch.device, dtype: str, seed: int = 0,
+               fmt: str = "contiguous"):
+    """(forward fn, train-step fn, model) for one arm; deterministic inputs; ``fmt``: the weights'
+    memory format (``channels_last`` is what ``train.channels_last`` does)."""
     torch.manual_seed(seed)
-    net = build_unet(arm, size).to(device)
+    net = build_unet(arm, size).to(device, memory_format=getattr(torch, fmt.replace("contiguous", "contiguous_format")))
     with torch.no_grad():  # a non-trivial output (conv_out starts at zero)
         torch.nn.init.normal_(net.conv_out.weight, std=0.02)
     x1, t1 = P.unet_inputs(net, side, side, 1, device=device, seed=seed)
@@ -80,18 +83,18 @@ def bf16_error(arm: str, size: str, side: int, device: torch.device) -> float:
 
 
 def run(arms, size: str, sides, batch: int, device: torch.device, rounds: int, dtypes, passes,
-        min_run_time: float) -> pd.DataFrame:
+        min_run_time: float, formats=("contiguous",)) -> pd.DataFrame:
     rows = []
     for side in sides:
         fns, macs, errs = {}, {}, {}
         for arm in arms:
-            net = None
             for dtype in dtypes:
-                fwd, step, net = make_calls(arm, size, side, batch, device, dtype)
-                if "fwd" in passes:
-                    fns[(arm, "fwd", dtype)] = fwd
-                if "train_step" in passes:
-                    fns[(arm, "train_step", dtype)] = step
+                for fmt in formats:
+                    fwd, step, _ = make_calls(arm, size, side, batch, device, dtype, fmt=fmt)
+                    if "fwd" in passes:
+                        fns[(arm, "fwd", dtype, fmt)] = fwd
+                    if "train_step" in passes:
+                        fns[(arm, "train_step", dtype, fmt)] = step
             cpu_net = build_unet(arm, size).eval()
             macs[arm] = int(P.torch_macs(cpu_net, P.unet_inputs(cpu_net, side, side, 1)))
             if "bf16" in dtypes:
@@ -99,10 +102,10 @@ def run(arms, size: str, sides, batch: int, device: torch.device, rounds: int, d
         keyed = {"|".join(k): f for k, f in fns.items()}
         timings = P.interleaved_latency(keyed, rounds=rounds, min_run_time=min_run_time, device=device)
         for key, tm in timings.items():
-            arm, pas, dtype = key.split("|")
+            arm, pas, dtype, fmt = key.split("|")
             n = 1 if pas == "fwd" else batch
             work = macs[arm] * n * (1 if pas == "fwd" else 3)  # a backward costs about two forwards
-            rows.append(dict(arm=arm, size=size, side=side, batch=n, **{"pass": pas}, dtype=dtype,
+            rows.append(dict(arm=arm, size=size, side=side, batch=n, **{"pass": pas}, dtype=dtype, memory_format=fmt,
                              latency_ms=tm.median_ms, iqr_ms=tm.iqr_ms, reps=tm.reps, macs_per_sample=macs[arm],
                              gmac_per_s=work / (tm.median_ms / 1e3) / 1e9,
                              images_per_s=n / (tm.median_ms / 1e3),
@@ -113,14 +116,33 @@ def run(arms, size: str, sides, batch: int, device: torch.device, rounds: int, d
 
 
 def ratios(df: pd.DataFrame, a: str = "moebius", b: str = "baseline") -> pd.DataFrame:
-    """time(b) / time(a) per side, pass, dtype (> 1: a faster), and each arm's bf16 speed-up."""
+    """time(b) / time(a) per side, pass, dtype, memory format (> 1: a faster), with the achieved
+    GMAC/s of both and, against each arm's fp32 contiguous time, its speed-up from bf16 / channels_last."""
     out = []
-    for (side, pas, dtype), g in df.groupby(["side", "pass", "dtype"]):
-        ta = g.loc[g["arm"] == a, "latency_ms"]
-        tb = g.loc[g["arm"] == b, "latency_ms"]
-        if len(ta) and len(tb):
-            out.append(dict(side=side, **{"pass": pas}, dtype=dtype, **{f"{b}_over_{a}": float(tb.iloc[0] / ta.iloc[0])}))
+    keys = ["side", "pass", "dtype", "memory_format"]
+    ref = df[(df["dtype"] == "fp32") & (df["memory_format"] == "contiguous")].set_index(["arm", "side", "pass"])["latency_ms"]
+    for (side, pas, dtype, fmt), g in df.groupby(keys):
+        ga, gb = g[g["arm"] == a], g[g["arm"] == b]
+        if len(ga) and len(gb):
+            ta, tb = float(ga["latency_ms"].iloc[0]), float(gb["latency_ms"].iloc[0])
+            row = dict(side=side, **{"pass": pas}, dtype=dtype, memory_format=fmt, **{f"{b}_ms": tb, f"{a}_ms": ta,
+                       f"{b}_over_{a}": tb / ta, f"{b}_gmac_s": float(gb["gmac_per_s"].iloc[0]),
+                       f"{a}_gmac_s": float(ga["gmac_per_s"].iloc[0])})
+            for arm, t in ((b, tb), (a, ta)):
+                if (arm, side, pas) in ref.index:
+                    row[f"{arm}_speedup_vs_fp32_contiguous"] = float(ref.loc[(arm, side, pas)]) / t
+            out.append(row)
     return pd.DataFrame(out)
+
+
+def markdown(r: pd.DataFrame, a: str = "moebius", b: str = "baseline", meta: str = "") -> str:
+    """The README table: one row per (side, pass, dtype, memory format), from `ratios`."""
+    lines = [f"| side | pass | dtype | memory | {b} ms | {a} ms | {b} / {a} (> 1: {a} faster) | {b} GMAC/s | {a} GMAC/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in r.sort_values(["side", "pass", "dtype", "memory_format"], ascending=[True, True, False, True]).to_dict("records"):
+        lines.append(f"| {d['side']} | {d['pass']} | {d['dtype']} | {d['memory_format']} | {d[f'{b}_ms']:.1f} | {d[f'{a}_ms']:.1f} "
+                     f"| {d[f'{b}_over_{a}']:.2f} | {d[f'{b}_gmac_s']:.1f} | {d[f'{a}_gmac_s']:.1f} |")
+    return "\n".join(lines) + ("\n\n" + meta if meta else "") + "\n"
 
 
 def main(argv=None) -> int:
@@ -133,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-run-time", type=float, default=0.2)
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="weights' memory format")
     ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="CSV (default results/unet_bench-<tag>.csv)")
@@ -143,15 +166,22 @@ def main(argv=None) -> int:
     device = select_device(args.device)
     header("U-Net arms side by side", str(device))
     df = run(args.arms, args.size, args.sides, args.batch, device, args.rounds, args.dtypes, args.passes,
-             args.min_run_time)
+             args.min_run_time, args.formats)
     out = args.out or os.path.join(ROOT, "results", f"unet_bench-{tag(device.type)}.csv")
     atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
-    cols = ["arm", "side", "batch", "pass", "dtype", "latency_ms", "gmac_per_s", "images_per_s", "bf16_max_rel_err"]
+    cols = ["arm", "side", "batch", "pass", "dtype", "memory_format", "latency_ms", "gmac_per_s", "images_per_s",
+            "bf16_max_rel_err"]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     r = ratios(df, args.arms[-1], args.arms[0])
     if len(r):
         print(f"\n# time({args.arms[0]}) / time({args.arms[-1]}) (> 1: {args.arms[-1]} faster), same run:")
         print(r.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        meta = (f"`python benchmarks/bench_unet.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace("  ", " ")
+                + f" on {P.hardware_name(device)}, torch {torch.__version__}, {args.threads} thread(s), size `{args.size}`, "
+                f"training-step batch {args.batch}; interleaved medians over {args.rounds} rounds.")
+        md = os.path.splitext(out)[0] + ".md"
+        atomic_write_text(md, markdown(r, args.arms[-1], args.arms[0], meta))
+        print(f"wrote {md}")
     print(f"wrote {out}")
     return 0
 
