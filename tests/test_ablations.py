@@ -218,6 +218,10 @@ def test_readme_tables_are_the_generated_ones():
         assert not missing, f"README is out of date with paper_assets/dev/{name}: {missing[:2]}"
         quoted += 1
     assert quoted >= 1
+    for bench in sorted((root / "results").glob("unet_bench-*.md")):  # the U-Net benchmark's table
+        rows = [ln for ln in bench.read_text().splitlines() if ln.startswith("|")]
+        missing = [ln for ln in rows if ln not in readme.splitlines()]
+        assert rows and not missing, f"README is out of date with results/{bench.name}: {missing[:2]}"
 
 
 def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path):
