@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lambda_blocks import build_unet, profiling as P
-from lambda_blocks.layers import LAMBDA_CONVS, InteractiveLambda, explicit_ops, lambda_conv, list_attention
+from lambda_blocks.layers import LAMBDA_CONVS, explicit_ops, lambda_conv, list_attention
 from lambda_blocks.layers.lambda_layers import apply_lambdas
 from lambda_blocks.profiling import timing as PT
 from lambda_blocks.profiling.cli import main
