@@ -105,8 +105,11 @@ def test_figure_notebooks_on_fixture_results(tmp_path, name):
 
 
 @pytest.mark.notebook
-def test_walkthrough_notebook(tmp_path):
+def test_walkthrough_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's sampling cells: no oversubscription on a loaded machine
     nb = _run("00_lambda_walkthrough", tmp_path, out_dir=str(tmp_path / "walk"))
+    names = {p.name for p in (tmp_path / "walk").iterdir()}
+    assert {"walkthrough_trained_fills.png", "walkthrough_trained_attention.png"} <= names
     assert any(p.suffix == ".png" for p in (tmp_path / "walk").iterdir())
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
