@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
 
-.PHONY: venv study demo test test-slow figures profile bench-unet gpu-check clean-runs
+.PHONY: venv study demo test test-slow figures docs profile bench-unet gpu-check clean-runs
 venv: $(STAMP)
 
 study: $(STAMP)
@@ -36,6 +36,9 @@ test-slow: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) -m ablations figures
+
+docs: $(STAMP)
+	$(PY) docs/render.py
 
 profile: $(STAMP)
 	$(PY) -m lambda_blocks.profiling --attn vanilla linear local_lambda interactive_lambda lmi --sizes 16 32 64 128 --width 64 --out results/profile.csv
