@@ -1,0 +1,83 @@
+"""torch.compile against eager for the U-Net arms, forward (no_grad), side by side in one run.
+
+    python benchmarks/bench_compile.py [--arms baseline moebius] [--side 32] [--batch 16]
+
+Each arm is built as ``bench_unet.make_calls`` builds it (channels_last weights, the run's layout),
+compiled with ``torch.compile`` (inductor; the first call is timed as the compile cost), then eager
+and compiled forwards are timed in interleaved rounds. Writes
+``results/compile_bench-<tag>.csv`` (tidy, atomic). Training steps are not compiled here: the
+training loop has no ``train.compile`` option yet (see the performance issue).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench_unet import make_calls  # noqa: E402
+from lambda_blocks import profiling as P  # noqa: E402
+from lambda_blocks.records import atomic_write_text  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arms", nargs="+", default=["baseline", "moebius"])
+    ap.add_argument("--side", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    header("torch.compile vs eager, U-Net forward", str(device))
+    fns, compile_s = {}, {}
+    for arm in args.arms:
+        _, _, net = make_calls(arm, "tiny", args.side, args.batch, device, "fp32", fmt="channels_last")
+        net.eval()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(args.batch, 2 * net.cfg.image_channels + 1, args.side, args.side, generator=g)
+        t = torch.randint(0, net.cfg.max_timestep, (args.batch,), generator=g)
+        compiled = torch.compile(net)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref, out = net(x, t), compiled(x, t)
+        compile_s[arm] = time.perf_counter() - t0
+        err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        print(f"{arm}: first compiled call {compile_s[arm]:.1f} s, max relative difference to eager {err:.1e}", flush=True)
+
+        def eager(net=net, x=x, t=t):
+            with torch.no_grad():
+                net(x, t)
+
+        def comp(c=compiled, x=x, t=t):
+            with torch.no_grad():
+                c(x, t)
+
+        fns[f"{arm}|eager"], fns[f"{arm}|compiled"] = eager, comp
+        compile_s[arm] = (compile_s[arm], err)
+    timings = P.interleaved_latency(fns, rounds=args.rounds, min_run_time=0.3, device=device)
+    rows = []
+    for key, tm in timings.items():
+        arm, mode = key.split("|")
+        rows.append(dict(arm=arm, mode=mode, side=args.side, batch=args.batch, latency_ms=tm.median_ms, iqr_ms=tm.iqr_ms,
+                         compile_s=compile_s[arm][0], max_rel_diff=compile_s[arm][1], threads=tm.threads,
+                         hardware=P.hardware_name(device), torch_version=torch.__version__))
+    df = pd.DataFrame(rows)
+    piv = df.pivot_table(index="arm", columns="mode", values="latency_ms")
+    piv["speedup"] = piv["eager"] / piv["compiled"]
+    print(piv.to_string(float_format=lambda v: f"{v:.2f}"))
+    out = args.out or os.path.join(ROOT, "results", f"compile_bench-{tag(device.type)}.csv")
+    atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
