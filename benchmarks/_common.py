@@ -29,3 +29,16 @@ def header(title: str, device: str = "cpu") -> None:
         print(f"# load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: compare ratios measured side by side)")
     except OSError:
         pass
+
+
+def write_results(out_csv: str, df, table: str | None = None) -> None:
+    """The tidy CSV (atomic) and, when given, its Markdown table beside it (``.md``, what the README
+    quotes verbatim; tests/test_ablations.py checks the README against every ``results/*.md``)."""
+    from lambda_blocks.records import atomic_write_text
+
+    atomic_write_text(out_csv, df.to_csv(index=False, float_format="%.6g"))
+    print(f"wrote {out_csv}")
+    if table is not None:
+        md = os.path.splitext(out_csv)[0] + ".md"
+        atomic_write_text(md, table)
+        print(f"wrote {md}")

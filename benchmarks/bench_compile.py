@@ -15,14 +15,26 @@ import os
 import sys
 import time
 
-from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
+from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bench_unet import make_calls  # noqa: E402
 from lambda_blocks import profiling as P  # noqa: E402
-from lambda_blocks.records import atomic_write_text  # noqa: E402
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The README table: eager and compiled forward per arm, the speed-up, the first call's cost."""
+    piv = df.pivot_table(index="arm", columns="mode", values="latency_ms")
+    first = df.groupby("arm")[["compile_s", "max_rel_diff", "side", "batch"]].first()
+    lines = ["| arm | side | batch | eager ms | compiled ms | speed-up | first compiled call s | max rel. diff |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, row in piv.iterrows():
+        f = first.loc[arm]
+        lines.append(f"| {arm} | {int(f['side'])} | {int(f['batch'])} | {row['eager']:.1f} | {row['compiled']:.1f} "
+                     f"| {row['eager'] / row['compiled']:.2f} | {f['compile_s']:.1f} | {f['max_rel_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -37,7 +49,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     header("torch.compile vs eager, U-Net forward", str(device))
-    fns, compile_s = {}, {}
+    fns, compile_s, rel_diff = {}, {}, {}
     for arm in args.arms:
         _, _, net = make_calls(arm, "tiny", args.side, args.batch, device, "fp32", fmt="channels_last")
         net.eval()
@@ -49,8 +61,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             ref, out = net(x, t), compiled(x, t)
         compile_s[arm] = time.perf_counter() - t0
-        err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-        print(f"{arm}: first compiled call {compile_s[arm]:.1f} s, max relative difference to eager {err:.1e}", flush=True)
+        rel_diff[arm] = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        print(f"{arm}: first compiled call {compile_s[arm]:.1f} s, max relative difference to eager {rel_diff[arm]:.1e}",
+              flush=True)
 
         def eager(net=net, x=x, t=t):
             with torch.no_grad():
@@ -61,21 +74,18 @@ def main(argv=None) -> int:
                 c(x, t)
 
         fns[f"{arm}|eager"], fns[f"{arm}|compiled"] = eager, comp
-        compile_s[arm] = (compile_s[arm], err)
     timings = P.interleaved_latency(fns, rounds=args.rounds, min_run_time=0.3, device=device)
     rows = []
     for key, tm in timings.items():
         arm, mode = key.split("|")
         rows.append(dict(arm=arm, mode=mode, side=args.side, batch=args.batch, latency_ms=tm.median_ms, iqr_ms=tm.iqr_ms,
-                         compile_s=compile_s[arm][0], max_rel_diff=compile_s[arm][1], threads=tm.threads,
+                         compile_s=compile_s[arm], max_rel_diff=rel_diff[arm], threads=tm.threads,
                          hardware=P.hardware_name(device), torch_version=torch.__version__))
     df = pd.DataFrame(rows)
-    piv = df.pivot_table(index="arm", columns="mode", values="latency_ms")
-    piv["speedup"] = piv["eager"] / piv["compiled"]
-    print(piv.to_string(float_format=lambda v: f"{v:.2f}"))
     out = args.out or os.path.join(ROOT, "results", f"compile_bench-{tag(device.type)}.csv")
-    atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
-    print(f"wrote {out}")
+    table = markdown(df)
+    print(table)
+    write_results(out, df, table)
     return 0
 
 

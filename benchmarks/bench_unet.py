@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
+from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -30,13 +30,13 @@ from lambda_blocks import profiling as P  # noqa: E402
 from lambda_blocks import train as T  # noqa: E402
 from lambda_blocks.config import resolve  # noqa: E402
 from lambda_blocks.diffusion import Diffusion  # noqa: E402
-from lambda_blocks.records import atomic_write_text  # noqa: E402
 from lambda_blocks.runtime import select_device  # noqa: E402
 from lambda_blocks.unet import ARMS, SIZES, build_unet  # noqa: E402
 
 DTYPES = ("fp32", "bf16")
 PASSES = ("fwd", "train_step")
-FORMATS = ("contiguous", "channels_last")
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+FORMATS = tuple(MEMORY_FORMATS)
 
 
 def autocast(device: torch.device, dtype: str):
@@ -49,7 +49,7 @@ def make_calls(arm: str, size: str, side: int, batch: int, device: torch.device,
     """(forward fn, train-step fn, model) for one arm; deterministic inputs; ``fmt``: the weights'
     memory format (``channels_last`` is what ``train.channels_last`` does)."""
     torch.manual_seed(seed)
-    net = build_unet(arm, size).to(device, memory_format=getattr(torch, fmt.replace("contiguous", "contiguous_format")))
+    net = build_unet(arm, size).to(device, memory_format=MEMORY_FORMATS[fmt])
     with torch.no_grad():  # a non-trivial output (conv_out starts at zero)
         torch.nn.init.normal_(net.conv_out.weight, std=0.02)
     x1, t1 = P.unet_inputs(net, side, side, 1, device=device, seed=seed)
@@ -168,21 +168,19 @@ def main(argv=None) -> int:
     df = run(args.arms, args.size, args.sides, args.batch, device, args.rounds, args.dtypes, args.passes,
              args.min_run_time, args.formats)
     out = args.out or os.path.join(ROOT, "results", f"unet_bench-{tag(device.type)}.csv")
-    atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
     cols = ["arm", "side", "batch", "pass", "dtype", "memory_format", "latency_ms", "gmac_per_s", "images_per_s",
             "bf16_max_rel_err"]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     r = ratios(df, args.arms[-1], args.arms[0])
+    table = None
     if len(r):
         print(f"\n# time({args.arms[0]}) / time({args.arms[-1]}) (> 1: {args.arms[-1]} faster), same run:")
         print(r.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         meta = (f"`python benchmarks/bench_unet.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace("  ", " ")
                 + f" on {P.hardware_name(device)}, torch {torch.__version__}, {args.threads} thread(s), size `{args.size}`, "
                 f"training-step batch {args.batch}; interleaved medians over {args.rounds} rounds.")
-        md = os.path.splitext(out)[0] + ".md"
-        atomic_write_text(md, markdown(r, args.arms[-1], args.arms[0], meta))
-        print(f"wrote {md}")
-    print(f"wrote {out}")
+        table = markdown(r, args.arms[-1], args.arms[0], meta)
+    write_results(out, df, table)
     return 0
 
 

@@ -14,14 +14,13 @@ import argparse
 import os
 import sys
 
-from _common import ROOT, header, tag  # noqa: F401  (sets sys.path)
+from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from lambda_blocks import create_attention  # noqa: E402
 from lambda_blocks.profiling import interleaved_latency, make_step  # noqa: E402
-from lambda_blocks.records import atomic_write_text  # noqa: E402
 
 
 def build_pair(dim: int = 64, heads: int = 4, dim_k: int = 16, r: int = 15):
@@ -31,6 +30,17 @@ def build_pair(dim: int = 64, heads: int = 4, dim_k: int = 16, r: int = 15):
     ours = create_attention("local_lambda", dim, heads=heads, dim_k=dim_k, r=r, norm="batch").eval()
     theirs = LambdaLayer(dim, dim_out=dim, num_heads=heads, dim_head=dim_k, r=r).eval()
     return ours, theirs
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The README table: timm / ours per (size, batch) and pass, and the range of each pass."""
+    piv = df.pivot_table(index=["size", "batch"], columns="pass", values="timm_over_ours")
+    lines = ["| map | batch | timm / ours, forward (> 1: ours faster) | timm / ours, forward+backward |", "|---|---|---|---|"]
+    lines += [f"| {s}x{s} | {b} | {row['fwd']:.2f} | {row['fwd_bwd']:.2f} |" for (s, b), row in piv.iterrows()]
+    rng = {p: (df.loc[df["pass"] == p, "timm_over_ours"].min(), df.loc[df["pass"] == p, "timm_over_ours"].max())
+           for p in ("fwd", "fwd_bwd")}
+    lines.append(f"| all | all | {rng['fwd'][0]:.2f}–{rng['fwd'][1]:.2f} | {rng['fwd_bwd'][0]:.2f}–{rng['fwd_bwd'][1]:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -60,9 +70,9 @@ def main(argv=None) -> int:
                                  torch_version=torch.__version__))
     df = pd.DataFrame(rows)
     out = args.out or os.path.join(ROOT, "results", f"vs_timm-{tag()}.csv")
-    atomic_write_text(out, df.to_csv(index=False, float_format="%.6g"))
-    print(df.pivot_table(index=["size", "batch"], columns="pass", values="timm_over_ours").to_string(float_format=lambda v: f"{v:.2f}"))
-    print(f"wrote {out}")
+    table = markdown(df)
+    print(table)
+    write_results(out, df, table)
     return 0
 
 

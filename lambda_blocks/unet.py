@@ -119,7 +119,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.table_size must be an int >= 0, got {self.table_size!r}")
         if self.gn_min_channels not in (1, 2):
             raise ValueError(f"UNetConfig.gn_min_channels must be 1 (the authors') or 2 (ours), got {self.gn_min_channels!r}")
-        if self.cross_kwargs.get("position") == "table" and "feat_size" not in self.cross_kwargs:
+        if self.level_tables:
             if self.table_size <= 0:
                 raise ValueError("cross_kwargs position='table' builds one table per level for one map size: set "
                                  "UNetConfig.table_size (a run sets it to its image / latent side)")
@@ -131,10 +131,15 @@ class UNetConfig:
         return len(self.widths)
 
     @property
+    def level_tables(self) -> bool:
+        """Whether the cross mixers use ``position="table"`` sized per level from ``table_size`` (an
+        explicit ``feat_size`` in ``cross_kwargs`` is used as given instead)."""
+        return self.cross_kwargs.get("position") == "table" and "feat_size" not in self.cross_kwargs
+
+    @property
     def fixed_size(self) -> int | None:
         """The one (square) input side a ``position="table"`` network accepts, else None (any size)."""
-        uses_table = self.cross_kwargs.get("position") == "table" and "feat_size" not in self.cross_kwargs
-        return self.table_size if uses_table else None
+        return self.table_size if self.level_tables else None
 
     def mixer_at(self, level: int) -> tuple[str, str]:
         """(self mixer, cross mixer) of the mixing blocks at ``level``."""
@@ -303,7 +308,7 @@ class Stage(nn.Module):
         sm, cm = cfg.mixer_at(level)
         if mix and (sm, cm, cfg.ffn) != ("none", "none", "none"):
             cross_kwargs = dict(cfg.cross_kwargs)
-            if cross_kwargs.get("position") == "table" and "feat_size" not in cross_kwargs and cm != "none":
+            if cfg.level_tables and cm != "none":
                 side = cfg.table_size >> level  # this level's map, and the run's token count
                 cross_kwargs.update(feat_size=(side, side), num_tokens=cfg.num_tokens)
             self.mix = MixBlock2d(

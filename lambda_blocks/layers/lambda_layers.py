@@ -166,7 +166,7 @@ def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> 
     needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
     if not needs_grad or r < 9:
         return "conv2d"
-    if h * w <= 2 * r * r and v.shape[0] * v.shape[2] >= 64:
+    if h * w <= 2 * r * r and v.shape[0] * v.shape[2] >= 64 and toeplitz_fits(h * w, weight.shape[0], weight.shape[1]):
         return "toeplitz"
     return "rfft"
 
