@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.blocks import FFNS, MixBlock2d, cross_mixers, group_norm, self_mixers
-from .layers.common import RegistryView, get_attention_class, mixers
+from .layers.common import RegistryView, exporting, get_attention_class, mixers
 
 CONVS = ("dense", "depthwise")
 CONTEXTS = ("category", "image", "none")
@@ -423,7 +423,7 @@ class InpaintUNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"expected one timestep per sample ({x.shape[0]}), got shape {tuple(t.shape)}")
-        if not torch.jit.is_tracing() and not t.is_meta:  # traced graphs stay data-independent
+        if not exporting() and not t.is_meta:  # traced / exported graphs stay data-independent
             tf = t.detach().double()
             if bool(((tf < 0) | (tf >= self.cfg.max_timestep) | (tf != tf.round())).any()):
                 raise ValueError(f"timesteps must be integers in [0, {self.cfg.max_timestep}), got "

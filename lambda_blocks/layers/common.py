@@ -35,6 +35,7 @@ __all__ = [
     "RegistryView",
     "explicit_ops",
     "explicit_ops_enabled",
+    "exporting",
     "make_norm2d",
     "LayerNorm2d",
     "check_positive",
@@ -48,6 +49,12 @@ _EXPLICIT = contextvars.ContextVar("lambda_blocks_explicit_ops", default=False)
 
 
 @contextlib.contextmanager
+def exporting() -> bool:
+    """Inside ``torch.jit.trace``, ``torch.export`` or an ONNX export: plain, data-independent ops only
+    (no custom autograd Function, no FFT, no value checks that read tensor data)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def explicit_ops(enabled: bool = True) -> Iterator[None]:
     """Within this context every mixer uses explicit matmul/einsum ops (no fused SDPA)."""
     token = _EXPLICIT.set(enabled)
@@ -182,7 +189,7 @@ class LayerNorm2d(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # explicit perms: ONNX refuses negative ones
 
 
 NORMS = ("batch", "group", "layer", "none")

@@ -47,6 +47,7 @@ from .common import (
     check_divides,
     check_positive,
     explicit_ops_enabled,
+    exporting,
     make_norm2d,
     register_attention,
 )
@@ -77,10 +78,6 @@ def _fft_size(n: int) -> int:
         n += 1
 
 
-def _exporting() -> bool:
-    """Inside ``torch.jit.trace`` / ONNX export: plain ops only (no custom autograd Function, no FFT),
-    so traced graphs, plain fvcore counts and exported models see ordinary convolutions and einsums."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 _DIAG_INDEX: dict = {}
@@ -199,7 +196,7 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     pad = r // 2
     if impl == "auto":
         impl = _auto_lambda_conv(v, weight, h, w)
-    if impl in ("rfft", "toeplitz") and (explicit_ops_enabled() or _exporting()):
+    if impl in ("rfft", "toeplitz") and (explicit_ops_enabled() or exporting()):
         impl = "conv2d"  # the same numbers by the direct convolution: countable, traceable, ONNX-exportable
     if impl == "toeplitz":
         if not toeplitz_fits(h * w, k, u):
@@ -281,7 +278,7 @@ def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     ``explicit_ops()`` (so MAC counters see it); otherwise a custom autograd
     Function with k / v / |h| fused multiply-add passes (the fast CPU form).
     """
-    if explicit_ops_enabled() or _exporting():
+    if explicit_ops_enabled() or exporting():
         return torch.einsum("bhkn,bkvn->bhvn", q, lam)
     dtype = torch.promote_types(q.dtype, lam.dtype)
     return _ApplyLambdas.apply(q.to(dtype), lam.to(dtype))
