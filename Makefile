@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
 
-.PHONY: venv study demo test test-slow figures docs profile bench-unet gpu-check clean-runs
+.PHONY: venv study demo test test-slow test-browser web web-serve figures docs profile bench-unet gpu-check clean-runs
 venv: $(STAMP)
 
 study: $(STAMP)
@@ -33,6 +33,23 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The browser page (web/): onnxruntime-web from npm, the shipped model exported to ONNX.
+WEB_NODE := web/node_modules/.package-lock.json
+$(WEB_NODE): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web: $(STAMP) $(WEB_NODE)
+	$(PY) -m lambda_blocks.export --web web --vendor web/node_modules/onnxruntime-web/dist
+
+web-serve: web
+	@echo "open http://127.0.0.1:8000/ (works offline)"
+	$(PY) -m http.server --bind 127.0.0.1 --directory web 8000
+
+# Drives the page in headless Chromium (Debian's package, installed here when missing and root).
+test-browser: $(STAMP) $(WEB_NODE)
+	command -v chromium > /dev/null || apt-get install -y -q chromium
+	$(PY) -m pytest -q -m browser -s tests/test_export.py
 
 figures: $(STAMP)
 	$(PY) -m ablations figures
