@@ -213,3 +213,24 @@ def test_page_in_headless_chromium_fills_like_the_python_sampler(tmp_path):
     print(f"page vs PyTorch sampler, max |diff| in the hole: {err:.2e}; page: {res['status']}")
     assert err < 1e-2  # close, not bit-exact (wasm kernels vs PyTorch's, 20 steps)
     assert np.abs(page[:, ~hole] - img[:, ~hole]).max() < 1e-6  # known pixels are the image's
+
+
+def test_exporting_is_false_in_eager_and_true_under_trace_and_onnx_export(tmp_path):
+    """The fast eager paths (Toeplitz / FFT lambda convolutions, the fused lambda application, the
+    timestep check) are taken exactly when no tracer or exporter is running."""
+    from lambda_blocks.layers.common import exporting
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(exporting())
+            return x * 2
+
+    assert exporting() is False
+    Probe()(torch.ones(2))
+    torch.jit.trace(Probe(), torch.ones(2))
+    torch.onnx.export(Probe(), (torch.ones(2),), str(tmp_path / "p.onnx"), dynamo=False)
+    assert seen[0] is False and seen[1] is True and seen[-1] is True
+    with pytest.raises(ValueError, match="timesteps must be integers"):  # the eager check is on
+        build_unet("linear", "tiny", table_size=16)(torch.zeros(1, 7, 16, 16), torch.tensor([1000]))

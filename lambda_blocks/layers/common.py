@@ -48,13 +48,13 @@ _REGISTRY: dict[str, type["TokenMixer"]] = {}
 _EXPLICIT = contextvars.ContextVar("lambda_blocks_explicit_ops", default=False)
 
 
-@contextlib.contextmanager
 def exporting() -> bool:
     """Inside ``torch.jit.trace``, ``torch.export`` or an ONNX export: plain, data-independent ops only
     (no custom autograd Function, no FFT, no value checks that read tensor data)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
+@contextlib.contextmanager
 def explicit_ops(enabled: bool = True) -> Iterator[None]:
     """Within this context every mixer uses explicit matmul/einsum ops (no fused SDPA)."""
     token = _EXPLICIT.set(enabled)
