@@ -88,3 +88,26 @@ def test_the_benchmarks_time_the_runs_own_training_step(monkeypatch):
     real(ref, st.cfg, st.diff, lambda s, lo, hi: T.make_batch(st.cfg, st.diff, st.data, s, lo, hi))
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, st.model.state_dict()[k]), k
+
+
+def test_the_distillation_benchmark_times_train_step_with_the_runs_distiller(monkeypatch):
+    """bench_distill_step runs train.train_step with the run's own Distiller (no copy of the KD step),
+    and its breakdown hooks every section it names (a section missing or never entered would be 0)."""
+    import bench_distill_step as BD
+
+    from lambda_blocks import train as T
+    from lambda_blocks.latent.distiller import Distiller
+
+    seen = []
+    real = T.train_step
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: seen.append(k.get("kd")) or real(*a, **k))
+    st = BD.Stepper("smoke", "moebius", None, batch=2)
+    assert st.cfg_kd.kd.enabled and not st.cfg_plain.kd.enabled and st.cfg_kd.latent.space == "latent"
+    st.plain()
+    clock = st.timed_kd_step()
+    assert seen[0] is None and isinstance(seen[1], Distiller) and seen[1] is st.kd
+    assert st.states["plain"].step == 1 and st.states["kd"].step == 1
+    assert set(clock) == set(BD.SECTIONS)
+    assert all(clock[k] > 0 for k in BD.SECTIONS if not k.startswith("rest"))
+    # the wrappers are removed afterwards: the model and torch are as before
+    assert "forward" not in vars(st.states["kd"].model) and torch.autograd.grad.__module__ == "torch.autograd"

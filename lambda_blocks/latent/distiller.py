@@ -23,17 +23,22 @@ class Distiller:
     """The teacher (the finished run ``root / cfg.teacher_config().run_name``), the feature taps,
     the projector and the objective of ``lambda_blocks.latent.kd`` for one student."""
 
-    def __init__(self, cfg: ExpCfg, student: nn.Module, root: Path, device: torch.device, space=None):
+    def __init__(self, cfg: ExpCfg, student: nn.Module, root: Path | None, device: torch.device, space=None,
+                 teacher: nn.Module | None = None):
+        """``teacher``: an already built, frozen teacher instead of the finished teacher run in
+        ``root`` (the benchmarks time a step with a randomly initialised one)."""
         from . import kd as K
 
         self.cfg, self.kcfg, self.K = cfg, cfg.kd, K
-        tcfg = cfg.teacher_config()
-        tdir = root / tcfg.run_name
-        if not records.is_done(tdir):  # the teacher is a stage of its own (run_stages), never trained here
-            raise MissingStage(f"the teacher stage {tdir} is not trained: train the run's stages first "
-                               "(train.run_stages, or the train / distill CLIs, which do it before the run)")
-        self.teacher_dir = tdir
-        self.teacher, _ = load_run_model(tdir, device)
+        if teacher is not None:
+            self.teacher_dir, self.teacher = None, teacher.eval().requires_grad_(False)
+        else:
+            tdir = Path(root) / cfg.teacher_config().run_name
+            if not records.is_done(tdir):  # the teacher is a stage of its own (run_stages), never trained here
+                raise MissingStage(f"the teacher stage {tdir} is not trained: train the run's stages first "
+                                   "(train.run_stages, or the train / distill CLIs, which do it before the run)")
+            self.teacher_dir = tdir
+            self.teacher, _ = load_run_model(tdir, device)
         kc = self.kcfg
         self.s_name = kc.feat_student or K.bottleneck_name(student)
         self.t_name = kc.feat_teacher or K.first_decoder_name(self.teacher)
@@ -78,8 +83,8 @@ class Distiller:
             use_output=kc.output, decoder=self.decoder, lpips_model=self.lpips_model)
 
     def info(self) -> dict:
-        ts = records.read_json(self.teacher_dir / "summary.json") or {}
-        return {"teacher_run": self.teacher_dir.name, "teacher_arm": self.kcfg.teacher_arm,
+        ts = (records.read_json(self.teacher_dir / "summary.json") if self.teacher_dir is not None else None) or {}
+        return {"teacher_run": self.teacher_dir.name if self.teacher_dir is not None else None, "teacher_arm": self.kcfg.teacher_arm,
                 "teacher_size": self.kcfg.teacher_size, "teacher_params": ts.get("params"),
                 "kd_feat_student": self.s_name, "kd_feat_teacher": self.t_name,
                 "kd_anchor_o": self.theta_o[0], "kd_anchor_f": self.theta_f[0],
