@@ -111,3 +111,27 @@ def test_the_distillation_benchmark_times_train_step_with_the_runs_distiller(mon
     assert all(clock[k] > 0 for k in BD.SECTIONS if not k.startswith("rest"))
     # the wrappers are removed afterwards: the model and torch are as before
     assert "forward" not in vars(st.states["kd"].model) and torch.autograd.grad.__module__ == "torch.autograd"
+
+
+def test_scaling_benchmark_writes_the_one_profile_table(tmp_path, capsys):
+    """bench_scaling merges its rows into a profile table (the schema of python -m
+    lambda_blocks.profiling): bare mixers, arm blocks and the matmul references of the same rounds."""
+    import bench_scaling as BS
+
+    out = tmp_path / "profile.csv"
+    P.merge_rows(out, [dict(kind="unet", variant="lmi", height=32, width=32, **{"pass": "fwd"}, latency_ms_median=1.0)])
+    BS.main(["--sizes", "8", "--slope-sizes", "8", "--rounds", "1", "--min-run-time", "0.01", "--passes", "fwd",
+             "--variants", "vanilla", "local_lambda", "--arm-blocks", "vanilla", "lmi", "--explicit-max", "8",
+             "--threads", "1", "--out", str(out)])
+    rows = P.read_rows(out)
+    assert list(P.CSV_COLUMNS) == list(rows[0])[:len(P.CSV_COLUMNS)]
+    kinds = {(r["kind"], r["variant"], r["config"]) for r in rows}
+    assert ("unet", "lmi", "") in kinds  # the rows already there are kept
+    assert {("block", "vanilla", ""), ("block", "local_lambda", ""), ("arm_block", "vanilla", ""),
+            ("arm_block", "lmi", ""), ("block", "vanilla", '{"explicit_ops":true}')} <= kinds
+    timed = [r for r in rows if r["kind"] in ("block", "arm_block") and r["latency_ms_median"]]
+    for r in timed:
+        assert float(r["efficiency"]) == pytest.approx(float(r["gmacs_per_s"]) / float(r["ref_gmacs_per_s"]), rel=1e-6)
+        assert float(r["gmacs_per_s"]) == pytest.approx(int(r["macs"]) / float(r["latency_ms_median"]) / 1e6, rel=1e-6)
+        assert r["latency_method"] == "interleaved_torch_timer(rounds=1)" and r["threads"] == "1"
+    assert "lmi block vs vanilla block" in capsys.readouterr().out

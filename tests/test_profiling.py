@@ -389,3 +389,30 @@ def test_toeplitz_lambda_conv_under_autocast(dtype):
     assert v.grad.dtype == dtype and wt.grad.dtype == torch.float32
     ref = lambda_conv(v.detach().float(), wt.detach(), None, 12, 12, "conv2d")
     torch.testing.assert_close(out.detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_arm_blocks_compare_like_with_like(tmp_path):
+    """--arm-blocks profiles each arm's mixing block (norm, projections, self / cross mixers, FFN),
+    so the lmi block meets the softmax block of vanilla rather than a bare mixer."""
+    from lambda_blocks.layers.blocks import MixBlock2d
+    from lambda_blocks.unet import ARMS
+
+    with pytest.raises(ValueError, match="table_size"):
+        P.build_arm_block("moebius_paper", 16)
+    for arm in ("vanilla", "lmi", "moebius_paper"):
+        blk = P.build_arm_block(arm, 16, context_dim=16, table_size=(8, 8), num_tokens=4).eval()
+        assert isinstance(blk, MixBlock2d) and blk.requires_context
+        assert blk.self_mixer.name == ARMS[arm]["self_mixer"] and blk.cross_mixer.name == ARMS[arm]["cross_mixer"]
+        x = P.block_inputs(blk, 8, 8, 1, context_len=4)
+        assert P.analytic_macs(blk, 8, 8, 4) == P.fvcore_macs(blk, x)["macs"] > blk.self_mixer.macs(8, 8)
+    # the vanilla block is more than bare softmax attention: self + cross + MLP + projections
+    assert P.build_arm_block("vanilla", 16).macs(8, 8, 4) > P.build_block("vanilla", 16).macs(8, 8)
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        P.build_arm_block("nope", 16)
+    out = tmp_path / "p.csv"
+    assert main(["--arm-blocks", "--attn", "vanilla", "lmi", "--sizes", "8", "--width", "16", "--passes", "fwd",
+                 "--out", str(out)] + FAST) == 0
+    _, rows = read(out)
+    assert {r["kind"] for r in rows} == {"arm_block"} and {r["variant"] for r in rows} == {"vanilla", "lmi"}
+    with pytest.raises(SystemExit):
+        main(["--arm-blocks", "--unet", "tiny", "--attn", "lmi", "--out", str(out)])

@@ -146,6 +146,11 @@ class MixBlock2d(nn.Module):
             self.norm3 = LayerNorm2d(dim)
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
+    @property
+    def requires_context(self) -> bool:
+        """Whether a forward needs context tokens (it has a cross mixer)."""
+        return self.cross_mixer is not None
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.proj_in(self.norm_in(x))
         if self.self_mixer is not None:

@@ -1,5 +1,9 @@
 """Profile single mixing blocks or whole U-Nets into one tidy CSV (``python -m lambda_blocks.profiling``).
 
+Kinds: ``block`` (a registered mixer alone; ``lmi`` is a whole block), ``arm_block`` (``--arm-blocks``:
+the mixing block of a U-Net arm, so that ``lmi`` is compared with the softmax block of ``vanilla``,
+like with like) and ``unet`` (``--unet SIZE``: whole U-Nets).
+
 One row per (kind, variant, preset, channels, config, height, width, batch, pass, dtype, device,
 hardware, threads) with params, MACs (analytic / fvcore / torch, forward, whole batch), fvcore's unsupported
 ops, latency (median, IQR in ms), peak memory (MiB) and the environment. Units and methods are
@@ -60,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attn", nargs="+", required=True,
                     help="registered mixers (block mode) or ARMS keys (with --unet)")
     ap.add_argument("--unet", metavar="PRESET", default=None, help="profile whole U-Nets of this SIZES preset")
+    ap.add_argument("--arm-blocks", action="store_true",
+                    help="--attn names U-Net arms: profile each arm's mixing block (kind arm_block) at --width")
     ap.add_argument("--sizes", nargs="+", type=_size, default=[(16, 16), (32, 32), (64, 64), (128, 128)],
                     help="image sizes: N (square) or HxW")
     ap.add_argument("--width", type=int, default=64, help="block channels (block mode)")
@@ -95,7 +101,13 @@ def _validate(args, ap: argparse.ArgumentParser) -> None:
     from ..layers.common import list_attention
     from ..unet import ARMS, SIZES
 
-    if args.unet is not None:
+    if args.unet is not None and args.arm_blocks:
+        ap.error("--unet and --arm-blocks are two kinds of row: choose one")
+    if args.arm_blocks:
+        bad = [a for a in args.attn if a not in ARMS]
+        if bad:
+            ap.error(f"unknown arm(s) {bad} for --arm-blocks; known arms: {', '.join(ARMS)}")
+    elif args.unet is not None:
         if args.unet not in SIZES:
             ap.error(f"unknown U-Net preset {args.unet!r}; known presets: {', '.join(SIZES)}")
         bad = [a for a in args.attn if a not in ARMS]
@@ -131,7 +143,7 @@ def _run(args) -> int:
     device = _device(args.device)
     hardware = P.hardware_name(device)
     config = P.config_string(args.kwargs)
-    kind = "unet" if args.unet else "block"
+    kind = "unet" if args.unet else "arm_block" if args.arm_blocks else "block"
     done = {P.row_key(r) for r in P.read_rows(args.out) if not r.get("error")}
     n_errors = 0
 
@@ -184,7 +196,10 @@ def _measure(kind: str, variant: str, hh: int, ww: int, args, device: torch.devi
         return P.profile_module(
             net, lambda grad: P.unet_inputs(net, hh, ww, args.batch, device=device, seed=args.seed),
             analytic_macs=None, **common)
-    module = P.build_block(variant, args.width, seed=args.seed, **args.kwargs)
+    if kind == "arm_block":
+        module = P.build_arm_block(variant, args.width, seed=args.seed, **args.kwargs)
+    else:
+        module = P.build_block(variant, args.width, seed=args.seed, **args.kwargs)
     ctx_len = args.context_len if module.requires_context else 0
     return P.profile_module(
         module,

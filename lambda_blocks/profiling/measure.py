@@ -69,6 +69,31 @@ def build_block(variant: str, width: int = 64, *, seed: int = 0, **kwargs) -> nn
     return create_attention(variant, width, **kwargs)
 
 
+def build_arm_block(arm: str, width: int = 64, *, seed: int = 0, heads: int = 4, table_size: tuple[int, int] | None = None,
+                    num_tokens: int | None = None, **kwargs) -> nn.Module:
+    """The mixing block one level of U-Net arm ``arm`` (``unet.ARMS``) uses at ``width`` channels: a
+    ``MixBlock2d`` with the arm's self-mixer, cross-mixer and FFN (and their arguments), its input
+    norm and projections. Blocks of different arms compare like with like (the ``lmi`` block against
+    the softmax block of ``vanilla``), where ``build_block`` gives bare mixers (and ``lmi``'s whole block).
+    An arm with the paper's position table (``moebius_paper``) is fixed to one map and token count:
+    pass ``table_size=(H, W)`` and ``num_tokens=L``."""
+    from ..layers.blocks import MixBlock2d
+    from ..unet import ARMS
+
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; known arms: {', '.join(ARMS)}")
+    a = ARMS[arm]
+    cross_kwargs = dict(a.get("cross_kwargs") or {})
+    if cross_kwargs.get("position") == "table":
+        if table_size is None or num_tokens is None:
+            raise ValueError(f"arm {arm!r} has the paper's position table: pass table_size=(H, W) and num_tokens=L")
+        cross_kwargs.update(feat_size=tuple(table_size), num_tokens=num_tokens)
+    torch.manual_seed(seed)
+    return MixBlock2d(width, a["self_mixer"], a["cross_mixer"], a["ffn"], context_dim=kwargs.pop("context_dim", width),
+                      heads=heads, self_kwargs=a.get("self_kwargs"), cross_kwargs=cross_kwargs,
+                      gn_min_channels=a.get("gn_min_channels", 2), **kwargs)
+
+
 def block_inputs(module: nn.Module, height: int, width: int, batch: int = 1, *, context_len: int = 16,
                  device: str | torch.device = "cpu", requires_grad: bool = False, seed: int = 0) -> tuple:
     """(x,) or (x, context) for a mixer; context (B, L, context_dim) only if the mixer requires it."""
