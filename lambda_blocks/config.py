@@ -144,11 +144,15 @@ class LatentCfg:
     repo's own autoencoder (``lambda_blocks.latent.autoencoder``; trained on the same training split when
     missing, into ``{out}/ae-...``): input cat(z_t, mask downsampled, z of the masked image), the
     paper's 9-channel layout. ``ae_preset`` picks ``autoencoder.AE_PRESETS`` (None: the run's preset);
-    ``ae_overrides`` are strict ``AECfg`` overrides. Metrics are always computed on decoded images."""
+    ``ae_overrides`` are strict ``AECfg`` overrides. ``ae_path``: a local folder holding a diffusers
+    ``AutoencoderKL`` (``save_pretrained``) to use instead, frozen (real weights a user has on disk;
+    never downloaded, never trained here; ``ae_preset`` / ``ae_overrides`` are then unused).
+    Metrics are always computed on decoded images."""
 
     space: str = "pixel"
     ae_preset: str | None = None
     ae_overrides: dict = field(default_factory=dict)
+    ae_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ _HASH_OPTIONAL_FIELDS = {
     "diffusion": {"prediction": "eps", "loss_weighting": "none", "min_snr_gamma": 5.0},
     "eval": {"periodic_full": False},
     "train": {"decay_steps": 0, "channels_last": True},
+    "latent": {"ae_path": None},
 }
 
 
@@ -251,8 +256,19 @@ class ExpCfg:
         kw.setdefault("max_timestep", self.diffusion.timesteps)
         kw.setdefault("table_size", self.work_size)  # what a position='table' arm is fixed to
         if self.latent.space == "latent":
-            kw.setdefault("image_channels", self.ae_config().latent_channels)
+            kw.setdefault("image_channels", self.ae_shape()[1])
         return unet_config(self.arm, self.size, **kw)
+
+    def ae_shape(self) -> tuple[int, int]:
+        """(factor, latent channels) of the run's autoencoder: the repo's (``ae_config``) or the
+        diffusers one at ``latent.ae_path`` (read from its config.json)."""
+        if self.latent.ae_path:
+            from .latent.autoencoder import external_ae_info
+
+            info = external_ae_info(self.latent.ae_path)
+            return info["factor"], info["latent_channels"]
+        acfg = self.ae_config()
+        return acfg.factor, acfg.latent_channels
 
     def ae_config(self):
         """The autoencoder of a latent-space run (``autoencoder.AECfg``): ``latent.ae_preset`` (None:
@@ -267,7 +283,7 @@ class ExpCfg:
     def work_size(self) -> int:
         """Side of what the U-Net sees: the image, or its latent."""
         if self.latent.space == "latent":
-            return self.data.image_size // self.ae_config().factor
+            return self.data.image_size // self.ae_shape()[0]
         return self.data.image_size
 
     @property
@@ -411,6 +427,11 @@ def _validate(cfg: ExpCfg) -> None:
     _check_choice("eval.init", ev.init, INITS)
     _check_choice("train.device", tr.device, DEVICES)
     _check_choice("latent.space", cfg.latent.space, SPACES)
+    if cfg.latent.ae_path is not None:
+        if not isinstance(cfg.latent.ae_path, str) or not cfg.latent.ae_path:
+            raise ValueError(f"latent.ae_path must be a folder path (a string) or null, got {cfg.latent.ae_path!r}")
+        if cfg.latent.space != "latent":
+            raise ValueError("latent.ae_path is an autoencoder for latent space: set latent.space=latent with it")
     if cfg.latent.ae_preset is not None and cfg.latent.ae_preset not in PRESETS:
         raise ValueError(f"latent.ae_preset={cfg.latent.ae_preset!r}; choose one of {list(PRESETS)} or null")
     kd = cfg.kd
@@ -475,7 +496,7 @@ def _validate(cfg: ExpCfg) -> None:
     _build_on_meta(ucfg)  # ... and the layers it builds (heads that do not divide a width, an even r)
     div = 2 ** (ucfg.levels - 1)
     if cfg.latent.space == "latent":
-        f = cfg.ae_config().factor
+        f = cfg.ae_shape()[0]
         if da.image_size % (div * f):
             raise ValueError(f"data.image_size={da.image_size} must be divisible by {div * f} (autoencoder factor "
                              f"{f} x {div} for a {ucfg.levels}-level U-Net) in latent space")

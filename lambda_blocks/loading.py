@@ -26,8 +26,13 @@ def latent_space(cfg: ExpCfg, root: Path, device: torch.device):
     (``train.run_stages``): a missing one is ``MissingStage``, never trained here."""
     if cfg.latent.space != "latent":
         return None, {}
-    from .latent.autoencoder import LatentSpace, ae_hash, ae_run_dir, load_autoencoder
+    from .latent.autoencoder import DiffusersAutoencoder, LatentSpace, ae_hash, ae_run_dir, load_autoencoder
 
+    if cfg.latent.ae_path:  # a diffusers AutoencoderKL on disk: loaded, never trained or downloaded
+        ae = DiffusersAutoencoder(cfg.latent.ae_path)
+        info = {"ae_run": None, "ae_path": str(cfg.latent.ae_path), "ae_hash": ae.content_hash, "ae_factor": ae.factor,
+                "ae_latent_channels": ae.latent_channels}
+        return LatentSpace(ae.to(device)), info
     acfg = cfg.ae_config()
     ae_dir = ae_run_dir(acfg, root)
     if not records.is_done(ae_dir):

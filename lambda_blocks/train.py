@@ -107,7 +107,7 @@ def stages(cfg: ExpCfg) -> list[Stage]:
     """The stages of ``cfg`` in training order: the autoencoder of a latent-space run first, then
     (KD) the teacher, whose own stages come before it; each once."""
     out: list[Stage] = []
-    if cfg.latent.space == "latent":
+    if cfg.latent.space == "latent" and not cfg.latent.ae_path:  # an ae_path autoencoder is on disk already
         out.append(Stage("autoencoder", cfg.ae_config()))
     if cfg.kd.enabled:
         tcfg = cfg.teacher_config()

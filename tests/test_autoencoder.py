@@ -247,3 +247,62 @@ def test_cli_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"steps": 3' in out and "ae-smoke-" in out
     assert not any(tmp_path.iterdir())
+
+
+def _tiny_autoencoder_kl(path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                                  block_out_channels=(8, 8, 16), norm_num_groups=4, sample_size=32)
+    vae.save_pretrained(str(path))
+    return vae
+
+
+def test_ae_path_uses_a_local_diffusers_autoencoder_kl(tmp_path):
+    from lambda_blocks.config import resolve
+
+    """latent.ae_path: a diffusers AutoencoderKL from a local folder (a small random config here) is
+    the run's latent space: its factor and channels shape the U-Net, no autoencoder stage is trained,
+    and encode / decode are the VAE's (posterior mean x scaling factor)."""
+    from lambda_blocks import train as T
+    from lambda_blocks.config import resolve
+    from lambda_blocks.latent.autoencoder import DiffusersAutoencoder, external_ae_info
+    from lambda_blocks.loading import latent_space
+
+    vae = _tiny_autoencoder_kl(tmp_path / "vae")
+    cfg = resolve("smoke", arm="lmi", overrides={"latent.space": "latent", "latent.ae_path": str(tmp_path / "vae")})
+    info = external_ae_info(tmp_path / "vae")
+    assert (info["factor"], info["latent_channels"]) == (4, 4) == cfg.ae_shape()
+    assert cfg.work_size == cfg.data.image_size // 4 and cfg.unet_config().image_channels == 4
+    assert [s.kind for s in T.stages(cfg)] == []  # nothing to train first
+    space, ae_info = latent_space(cfg, tmp_path / "runs", torch.device("cpu"))
+    assert isinstance(space.ae, DiffusersAutoencoder) and ae_info["ae_hash"] == info["hash"] and ae_info["ae_run"] is None
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z0, zmask, zmasked = space.encode_problem(x, torch.zeros(2, 1, 32, 32))
+    with torch.no_grad():
+        ref = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        assert torch.allclose(z0, ref, atol=1e-6) and z0.shape == (2, 4, 8, 8)
+        assert torch.allclose(space.decode(z0), vae.decode(z0 / vae.config.scaling_factor).sample.clamp(-1, 1), atol=1e-6)
+    assert cfg.run_name != resolve("smoke", arm="lmi", overrides={"latent.space": "latent"}).run_name
+
+
+def test_ae_path_errors_are_clear_and_never_download(tmp_path):
+    from lambda_blocks.config import resolve
+    from lambda_blocks.latent.autoencoder import external_ae_info
+
+    with pytest.raises(FileNotFoundError, match="config.json is missing.*nothing is downloaded"):
+        resolve("smoke", arm="lmi", overrides={"latent.space": "latent", "latent.ae_path": str(tmp_path / "nope")})
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text('{"_class_name": "AutoencoderKL", "block_out_channels": [8, 16]}')
+    with pytest.raises(FileNotFoundError, match="no diffusion_pytorch_model"):
+        external_ae_info(tmp_path / "half")
+    with pytest.raises(ValueError, match="set latent.space=latent"):
+        resolve("smoke", arm="lmi", overrides={"latent.ae_path": str(tmp_path / "half")})
+    # a run without ae_path keeps the hash it had before the field existed (the shipped card's)
+    from lambda_blocks.config import ExpCfg, config_hash
+    from lambda_blocks.pretrained import WEIGHTS_DIR
+
+    card = json.loads((WEIGHTS_DIR / "lmi-dev-tiny.json").read_text())
+    assert "ae_path" not in card["config"]["latent"]
+    assert config_hash(ExpCfg.from_dict(card["config"])) == card["config_hash"]

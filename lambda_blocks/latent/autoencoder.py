@@ -646,12 +646,64 @@ def downsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), kernel_size=factor, stride=factor).to(mask.dtype)
 
 
-class LatentSpace:
-    """Inpainting problems in the latent space of a trained ``LatentAutoencoder``."""
+def external_ae_info(path: str | Path) -> dict:
+    """Factor, latent channels and content hash of a diffusers ``AutoencoderKL`` saved in a local
+    folder (``config.json`` + weights), read without importing diffusers. Raises ``FileNotFoundError``
+    naming what is missing: ``latent.ae_path`` is a folder on disk, never a download."""
+    import json as _json
 
-    def __init__(self, ae: LatentAutoencoder):
-        if not isinstance(ae, LatentAutoencoder):
-            raise TypeError(f"LatentSpace needs a LatentAutoencoder, got {type(ae).__name__}")
+    root = Path(path)
+    cfg_file = root / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"latent.ae_path={str(path)!r}: no diffusers AutoencoderKL there ({cfg_file} is missing); "
+                                "it must be a local folder written by AutoencoderKL.save_pretrained (nothing is downloaded)")
+    try:
+        conf = _json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"latent.ae_path: {cfg_file} is not readable JSON ({exc})") from None
+    if conf.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise ValueError(f"latent.ae_path: {cfg_file} describes a {conf.get('_class_name')}, not an AutoencoderKL")
+    weights = sorted(root.glob("diffusion_pytorch_model*.safetensors")) + sorted(root.glob("diffusion_pytorch_model*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"latent.ae_path={str(path)!r}: no diffusion_pytorch_model.safetensors / .bin weights")
+    h = hashlib.sha256(cfg_file.read_bytes())
+    for w in weights:
+        h.update(w.read_bytes())
+    return {"factor": 2 ** (len(conf.get("block_out_channels", [0])) - 1),
+            "latent_channels": int(conf.get("latent_channels", 4)), "hash": h.hexdigest()[:10],
+            "scaling_factor": float(conf.get("scaling_factor", 1.0))}
+
+
+class DiffusersAutoencoder(nn.Module):
+    """A diffusers ``AutoencoderKL`` from a local folder with the interface of ``LatentAutoencoder``:
+    ``encode`` = posterior mean x ``scaling_factor``, ``decode`` undoes it; frozen, eval mode.
+    ``latent.ae_path`` selects it (``loading.latent_space``); it is never trained here."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        info = external_ae_info(path)
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError:
+            raise ImportError("latent.ae_path needs diffusers (pip install diffusers)") from None
+        self.vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True).eval().requires_grad_(False)
+        self.factor, self.latent_channels, self.content_hash = info["factor"], info["latent_channels"], info["hash"]
+        self.register_buffer("scaling_factor", torch.tensor(info["scaling_factor"]))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample
+
+
+class LatentSpace:
+    """Inpainting problems in the latent space of a trained ``LatentAutoencoder`` (or of a diffusers
+    ``AutoencoderKL`` from disk, ``DiffusersAutoencoder``)."""
+
+    def __init__(self, ae: "LatentAutoencoder | DiffusersAutoencoder"):
+        if not isinstance(ae, (LatentAutoencoder, DiffusersAutoencoder)):
+            raise TypeError(f"LatentSpace needs a LatentAutoencoder or DiffusersAutoencoder, got {type(ae).__name__}")
         self.ae = ae
 
     @property
