@@ -82,7 +82,9 @@ class VanillaAttention(TokenMixer):
             k, v = rearrange(self.to_kv_self(x), "b (two h d) x y -> two b h (x y) d", two=2, h=self.heads)
         else:
             k, v = rearrange(self.to_kv_ctx(context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
-        out = softmax_attention(q, k, v)
+        # (B, h, N, d) with d contiguous: from an NCHW map the rearranged views have stride N along d,
+        # and CPU SDPA then takes its materialising path (7.7x slower at 48x48, one thread)
+        out = softmax_attention(q.contiguous(), k.contiguous(), v.contiguous())
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=hh, y=ww)
         return self.to_out(out)
 
