@@ -58,7 +58,9 @@ class UNetConfig:
             to the run's working size). Only a cross mixer with ``position="table"`` reads it.
         gn_min_channels: channels per GroupNorm group at least: 2 (ours: 16 groups at C = 32) or 1
             (the authors': 32 groups wherever C allows).
-        zero_init_out: zero-initialise ``conv_out`` (ours; the prediction starts at 0). The authors
+        conv_out: the output conv: ``dense`` 3x3 (ours) or ``depthwise`` (depthwise 3x3 then pointwise
+            1x1, the authors' ``conv_out``, whose pointwise weight is their KD output anchor θ_o).
+        zero_init_out: zero-initialise ``conv_out`` (its last conv; ours: the prediction starts at 0). The authors
             keep PyTorch's default init, so their task-loss gradient at the output anchor is not 0 at
             step 0 (see `latent.kd`).
     """
@@ -84,6 +86,7 @@ class UNetConfig:
     table_size: int = 0
     gn_min_channels: int = 2
     zero_init_out: bool = True
+    conv_out: str = "dense"
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -105,7 +108,7 @@ class UNetConfig:
                     raise ValueError(f"UNetConfig.{key} per level needs one name per level ({len(self.widths)}), "
                                      f"got {list(val)}")
         for key, allowed in (("self_mixer", self_mixers()), ("cross_mixer", cross_mixers()), ("ffn", FFNS),
-                             ("conv", CONVS), ("context", CONTEXTS)):
+                             ("conv", CONVS), ("conv_out", CONVS), ("context", CONTEXTS)):
             val = getattr(self, key)
             for v in (val if isinstance(val, tuple) else (val,)):
                 if v not in allowed:
@@ -195,10 +198,11 @@ TABLE2_ARMS: dict[str, dict] = {
     "both_lambda_dw": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mlp", conv="depthwise"),
     "moebius": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
     # the authors' exact Moebius: BatchNorm on queries / values, the absolute position table (one
-    # resolution), 32 GroupNorm groups where the width allows, PyTorch's default init of conv_out
+    # resolution), 32 GroupNorm groups where the width allows, a depthwise-separable conv_out with
+    # PyTorch's default init (its pointwise weight is their KD output anchor)
     "moebius_paper": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise",
                           self_kwargs={"norm": "batch"}, cross_kwargs={"norm": "batch", "position": "table"},
-                          gn_min_channels=1, zero_init_out=False),
+                          gn_min_channels=1, zero_init_out=False, conv_out="depthwise"),
 }
 
 
@@ -388,10 +392,11 @@ class InpaintUNet(nn.Module):
             if lv > 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.norm_out = group_norm(ch, min_channels=cfg.gn_min_channels)
-        self.conv_out = nn.Conv2d(ch, c, 3, padding=1)
+        self.conv_out = conv3x3(ch, c, cfg.conv_out)
         if cfg.zero_init_out:
-            nn.init.zeros_(self.conv_out.weight)
-            nn.init.zeros_(self.conv_out.bias)
+            last = self.conv_out if isinstance(self.conv_out, nn.Conv2d) else self.conv_out[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     @property
     def divisor(self) -> int:

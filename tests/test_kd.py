@@ -411,3 +411,31 @@ def test_unet_student_teacher_with_projector():
     assert proj.proj.weight.grad is not None and proj.proj.weight.grad.abs().sum() > 0
     assert student.conv_in.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_authors_output_anchor_on_moebius_paper():
+    """moebius_paper has the authors' conv_out (depthwise 3x3 then pointwise 1x1, default init): the
+    output anchor is the pointwise weight (their conv_out.conv_pw), the task gradient there is not 0
+    at step 0, so w_C starts off its clamp, unlike with our zero-initialised dense conv_out."""
+    torch.manual_seed(3)
+    d = Diffusion()
+    student = build_unet("moebius_paper", "tiny", table_size=16)
+    teacher = build_unet("vanilla", "tiny").eval().requires_grad_(False)
+    nn.init.normal_(teacher.conv_out.weight, std=0.05)
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    noise, t = torch.randn_like(x0), torch.tensor([100, 700])
+    x_t = d.q_sample(x0, t, noise)
+    inp = d.model_input(x_t, x0 * (1 - mask), mask)
+    s_name, t_name = kd.bottleneck_name(student), kd.first_decoder_name(teacher)
+    theta_o, theta_f = kd.output_anchor(student), kd.anchor_param(student, s_name)
+    assert theta_o[0] == "conv_out.1.weight" and theta_o[1].shape[-2:] == (1, 1)
+    with kd.FeatureTap(teacher, t_name, detach=True) as tap_t, torch.no_grad():
+        eps_t = teacher(inp, t)
+    with kd.FeatureTap(student, s_name) as tap_s:
+        eps_s = student(inp, t)
+    proj = kd.Projector(tap_s.value.shape, tap_t.value.shape)
+    _, log = kd.kd_objective(eps_s=eps_s, eps_t=eps_t, noise=noise, feat_s=proj(tap_s.value), feat_t=tap_t.value,
+                             x_t=x_t, t=t, diffusion=d, theta_o=theta_o[1], theta_f=theta_f[1])
+    assert log["gnorm_task@o"] > 0 and log["gnorm_task@f"] > 0
+    assert 0 < log["w_c"] < 1e4 and all(0 < log[k] < 1e6 for k in ("w_fkd", "w_lp"))

@@ -1,4 +1,5 @@
 """The inpainting U-Net: every arm and size preset, any valid H x W, clear errors otherwise."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,8 +24,10 @@ def test_every_arm_forward_backward_tiny(arm):
     x, t = inputs(2, 3, *hw)
     out = net(x, t)
     assert out.shape == (2, 3, *hw)
-    # conv_out is zero-initialised; perturb it so gradients reach the whole network
-    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    # conv_out's last conv is zero-initialised; perturb it so gradients reach the whole network
+    from lambda_blocks.latent.kd import output_anchor
+
+    torch.nn.init.normal_(output_anchor(net)[1], std=0.1)
     net(x, t).square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"{arm}: no/non-finite gradient for {missing[:5]}"
@@ -187,7 +190,16 @@ def test_moebius_paper_is_the_authors_configuration():
             tables[mod.dim] = tuple(mod.pos_table.shape)
     assert tables == {32: (32 * 32, 16, 8, 1), 64: (16 * 16, 16, 16, 1)}
     assert net.norm_out.num_groups == 32 and ours.norm_out.num_groups == 16
-    assert net.conv_out.weight.abs().sum() > 0 and ours.conv_out.weight.abs().sum() == 0
+    # the authors' conv_out: depthwise 3x3 then pointwise 1x1, default init; ours: dense 3x3, zero
+    dw, pw = net.conv_out
+    assert dw.groups == dw.in_channels == 32 and pw.kernel_size == (1, 1) and pw.weight.abs().sum() > 0
+    assert ours.conv_out.weight.abs().sum() == 0 and ours.conv_out.kernel_size == (3, 3)
+    from lambda_blocks.latent.kd import output_anchor
+
+    assert output_anchor(net) == ("conv_out.1.weight", pw.weight)  # the paper's conv_out.conv_pw
+    assert output_anchor(ours) == ("conv_out.weight", ours.conv_out.weight)
+    zeroed = InpaintUNet(dataclasses.replace(cfg, zero_init_out=True))
+    assert zeroed.conv_out[1].weight.abs().sum() == 0 and zeroed.conv_out[0].weight.abs().sum() > 0
     x, t = inputs(2, 3, 32, 32)
     assert net(x, t).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="fixed to feat_size"):

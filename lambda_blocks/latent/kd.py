@@ -188,12 +188,17 @@ def anchor_param(model: nn.Module, module_name: str) -> tuple[str, nn.Parameter]
 
 
 def output_anchor(model: nn.Module) -> tuple[str, nn.Parameter]:
-    """theta_o: ``conv_out.weight``, the last conv before the output (the paper's conv_out.conv_pw)."""
+    """theta_o: the weight of the last conv before the output. A dense ``conv_out`` (ours):
+    ``conv_out.weight``; a depthwise-separable one (``UNetConfig.conv_out="depthwise"``, the
+    authors'): its pointwise 1x1 conv, ``conv_out.1.weight``, exactly the paper's ``conv_out.conv_pw``."""
     conv = _get_module(model, "conv_out")
+    name = "conv_out.weight"
+    if isinstance(conv, nn.Sequential):
+        conv, name = conv[-1], f"conv_out.{len(conv) - 1}.weight"
     weight = getattr(conv, "weight", None)
     if not isinstance(weight, nn.Parameter):
         raise ValueError("conv_out has no weight parameter")
-    return "conv_out.weight", weight
+    return name, weight
 
 
 @torch.no_grad()
