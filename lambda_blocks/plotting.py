@@ -439,6 +439,15 @@ def table_kd(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None = Non
     runs["kd_col"] = [kd_label(r) for _, r in runs.iterrows()]
     teachers = set(runs["teacher_run"].dropna()) if "teacher_run" in runs else set()
     runs["role"] = ["teacher" if r["run_id"] in teachers else "student" for _, r in runs.iterrows()]
+    if "train_steps" in runs:
+        # a student trained for another budget than the KD students (the equal-compute arm: as long
+        # as a KD run takes) is its own row, never pooled with the students of the common budget
+        kd_steps = runs.loc[(runs["role"] == "student") & is_true(runs["kd"]), "train_steps"].dropna()
+        if len(kd_steps):
+            base = kd_steps.mode().iloc[0]
+            other = (runs["role"] == "student") & runs["train_steps"].notna() & (runs["train_steps"] != base)
+            runs.loc[other, "kd_col"] = [f"{k}, {int(n)} steps" + (" (equal compute)" if k == "no" and n > base else "")
+                                         for k, n in zip(runs.loc[other, "kd_col"], runs.loc[other, "train_steps"])]
     for c in ("latency_ms_inrun", "peak_mem_mb_inrun"):
         if c not in runs:
             runs[c] = np.nan

@@ -313,3 +313,25 @@ def test_submitit_launcher_runs_each_point_as_a_job_with_the_same_results(tmp_pa
     assert {r["status"] for r in again} == {"skipped"}  # finished runs are not resubmitted
     with pytest.raises(ValueError, match="launcher"):
         run_sweep(sweep, "smoke", tmp_path / "x", launcher="ssh")
+
+
+def test_equal_compute_arm_is_its_own_kd_table_row():
+    """The Moebius student without KD trained as long as a KD run takes (ablations/distill.yaml) is
+    a row of its own in the KD table, labelled, never averaged with the common-budget students."""
+    import pandas as pd
+
+    from lambda_blocks import plotting
+
+    rows = []
+    for seed in (0, 1):
+        for kd, steps, lp in ((False, 300, 0.30), (True, 300, 0.20), (False, 642, 0.25)):
+            rows.append(dict(run_id=f"lmi-{kd}-{steps}-s{seed}", arm="lmi", size="tiny", kd=kd, kd_weighting="adaptive",
+                             teacher_run="t0" if kd else None, seed=seed, train_steps=steps, lpips=lp + 0.001 * seed,
+                             kid=0.01, fid=100.0, psnr=20.0, params=455067, macs=10**8, work_size=16))
+    rows.append(dict(run_id="t0", arm="vanilla", size="base", kd=False, seed=0, train_steps=900, lpips=0.05, kid=0.0,
+                     fid=80.0, psnr=22.0, params=5e6, macs=10**9, work_size=16))
+    md, _ = plotting.table_kd(pd.DataFrame(rows), "cap")
+    lines = {ln.split("|")[4].strip(): ln for ln in md.splitlines() if "LλMI" in ln}
+    assert set(lines) == {"no", "yes (adaptive)", "no, 642 steps (equal compute)"}
+    assert "0.300 ±" in lines["no"] and "0.251 ±" in lines["no, 642 steps (equal compute)"] and "0.201 ±" in lines["yes (adaptive)"]
+    assert "| teacher | Softmax attn | base | no |" in md  # the teacher's own budget is not relabelled
