@@ -113,6 +113,7 @@ class TrainCfg:
     log_every: int = 10
     amp_bf16: bool = False  # bf16 autocast, CUDA only (ignored, and recorded as such, on CPU)
     channels_last: bool = True  # the U-Net's weights, so its activations, in channels_last (benchmarks/bench_unet.py)
+    compile: bool = False  # torch.compile the U-Net's training forward (not the KD student's); a new hash when on
     device: str = "auto"
     deterministic: bool = True  # runtime.configure(deterministic=...)
     tf32: bool = False
@@ -199,7 +200,7 @@ _HASH_OPTIONAL = ("latent", "kd")
 _HASH_OPTIONAL_FIELDS = {
     "diffusion": {"prediction": "eps", "loss_weighting": "none", "min_snr_gamma": 5.0},
     "eval": {"periodic_full": False},
-    "train": {"decay_steps": 0, "channels_last": True},
+    "train": {"decay_steps": 0, "channels_last": True, "compile": False},
     "latent": {"ae_path": None},
 }
 

@@ -432,6 +432,13 @@ class TrainState:
     step: int = 0
     train_time: float = 0.0  # seconds inside train_step, summed over resumes
     extended_from: str | None = None  # the shorter run this one started from (``_prefix_run``)
+    compiled: nn.Module | None = None  # torch.compile(model) when ``train.compile``: the training forward
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """What the training step calls: the compiled U-Net (``train.compile``) or the U-Net itself.
+        Both share the parameters; checkpoints, the EMA and evaluation use ``model``."""
+        return self.compiled if self.compiled is not None else self.model
 
     @property
     def trainable(self) -> nn.Module:
@@ -464,6 +471,8 @@ def new_state(cfg: ExpCfg, model: nn.Module, ema: nn.Module | None = None,
     st = TrainState(model, ema, None, None, projector)  # type: ignore[arg-type]
     st.opt = torch.optim.AdamW(_param_groups(st.trainable, tr.weight_decay), lr=tr.lr, betas=(0.9, 0.999), eps=1e-8)
     st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: _lr_factor(s, tr.warmup, tr.steps, tr.decay_steps))
+    if tr.compile:
+        st.compiled = torch.compile(model)
     return st
 
 
@@ -593,7 +602,7 @@ def train_step(state: TrainState, cfg: ExpCfg, diffusion: Diffusion, batch, *, k
         x0, masked, mask, t, noise = batch(state.step, lo, lo + micro)
         with torch.autocast(params[0].device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             if kd is None:
-                loss = diffusion.training_loss(state.model, x0, mask, t, noise, masked=masked)
+                loss = diffusion.training_loss(state.forward_model, x0, mask, t, noise, masked=masked)
             else:
                 loss, log = kd.loss(diffusion, x0, masked, mask, t, noise)
                 kd_logs.append(log)
