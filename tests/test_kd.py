@@ -382,6 +382,15 @@ def test_switches_and_backward_count(monkeypatch):
         _run(setup, d, perceptual="bogus")
 
 
+def _problem(d: Diffusion):
+    """Two 16x16 inpainting problems at t = 100, 700: (x0, noise, t, x_t, the U-Net input)."""
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    noise, t = torch.randn_like(x0), torch.tensor([100, 700])
+    x_t = d.q_sample(x0, t, noise)
+    return x0, noise, t, x_t, d.model_input(x_t, x0 * (1 - mask), mask)
+
+
 def test_unet_student_teacher_with_projector():
     """End to end: LλMI-tiny student, vanilla-base teacher, channels mapped by the Projector."""
     torch.manual_seed(2)
@@ -390,11 +399,7 @@ def test_unet_student_teacher_with_projector():
     nn.init.normal_(teacher.conv_out.weight, std=0.02)
     teacher.requires_grad_(False)
     d = Diffusion()
-    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
-    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    noise, t = torch.randn_like(x0), torch.tensor([100, 700])
-    x_t = d.q_sample(x0, t, noise)
-    inp = d.model_input(x_t, x0 * (1 - mask), mask)
+    x0, noise, t, x_t, inp = _problem(d)
     bs, bt = kd.bottleneck_name(student), kd.first_decoder_name(teacher)
     proj = kd.Projector(kd.probe_shape(student, bs, inp, t), kd.probe_shape(teacher, bt, inp, t))
     assert proj.proj is not None and proj.size is None  # 64 -> 128 channels, same 8x8
@@ -422,11 +427,7 @@ def test_authors_output_anchor_on_moebius_paper():
     student = build_unet("moebius_paper", "tiny", table_size=16)
     teacher = build_unet("vanilla", "tiny").eval().requires_grad_(False)
     nn.init.normal_(teacher.conv_out.weight, std=0.05)
-    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
-    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    noise, t = torch.randn_like(x0), torch.tensor([100, 700])
-    x_t = d.q_sample(x0, t, noise)
-    inp = d.model_input(x_t, x0 * (1 - mask), mask)
+    x0, noise, t, x_t, inp = _problem(d)
     s_name, t_name = kd.bottleneck_name(student), kd.first_decoder_name(teacher)
     theta_o, theta_f = kd.output_anchor(student), kd.anchor_param(student, s_name)
     assert theta_o[0] == "conv_out.1.weight" and theta_o[1].shape[-2:] == (1, 1)
