@@ -9,7 +9,7 @@ image size, U-Net size and thread count, and prints images/s and the ratio to ``
 Part 2 scales the image side 32 -> 64 -> 128 at a fixed batch and prints images/s and the slowdown
 relative to 32 px, per arm. All numbers come from one process, measured side by side in
 interleaved rounds (the median of rounds is reported), because this machine is shared: compare the
-ratios, not absolute times across runs.
+ratios, not absolute times across runs. Writes the tidy rows to results/train_throughput-<tag>.csv.
 """
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU presets use 1)")
+    ap.add_argument("--out", default=None, help="tidy CSV (default: results/train_throughput-<tag>.csv)")
     args = ap.parse_args(argv)
+    rows = []
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# training throughput, torch {torch.__version__}, threads={torch.get_num_threads()}, "
@@ -102,6 +104,9 @@ def main(argv=None) -> int:
             ratio = f"{ips[arm] / base:.2f}x" if base else "-"
             print(f"{preset:<8}{arm:<20}{st.batch:>6}{st.size:>5}{st.model.num_params():>10,}{ips[arm]:>9.1f}"
                   f"{st.batch / ips[arm]:>8.2f}{ratio:>12}")
+            rows.append(dict(part="preset", preset=preset, arm=arm, batch=st.batch, image_size=st.size,
+                             params=st.model.num_params(), images_per_s=ips[arm], s_per_step=st.batch / ips[arm],
+                             vs_vanilla=ips[arm] / base if base else None))
         steps = resolve(preset).train.steps
         est = {arm: steps * steppers[arm].batch / ips[arm] for arm in args.arms}
         print(f"# {preset}: {steps} steps -> estimated training time "
@@ -119,6 +124,17 @@ def main(argv=None) -> int:
         row = f"{arm:<20}" + "".join(f"{ips[s]:>14.2f}" for s in args.sizes)
         row += "".join(f"{ips[args.sizes[0]] / ips[s]:>10.1f}" for s in args.sizes[1:])
         print(row, flush=True)
+        for s in args.sizes:
+            rows.append(dict(part="image_size", preset="smoke", arm=arm, batch=args.scale_batch, image_size=s,
+                             params=steppers[s].model.num_params(), images_per_s=ips[s], s_per_step=args.scale_batch / ips[s],
+                             slowdown_vs_first_size=ips[args.sizes[0]] / ips[s]))
+    import pandas as pd
+
+    from benchmarks._common import tag, write_results
+
+    df = pd.DataFrame(rows).assign(threads=torch.get_num_threads(), steps_per_round=args.steps, rounds=args.rounds,
+                                   torch_version=torch.__version__)
+    write_results(args.out or os.path.join(ROOT, "results", f"train_throughput-{tag()}.csv"), df)
     return 0
 
 
