@@ -245,9 +245,12 @@ def fig_quality_vs_size(runs: pd.DataFrame, metric: str, out_dir, name: str | No
 
 
 def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd") -> pd.DataFrame:
-    """The block rows one cost line may join: one pass, batch 1, the most common thread count and
-    dtype, one row per (variant, pixels) (the newest), sorted by pixels."""
+    """The block rows one cost line may join: the default construction (empty ``config``), one pass,
+    batch 1, the most common thread count and dtype, one row per (variant, pixels) (the newest),
+    sorted by pixels."""
     prof = profile[(profile["kind"] == "block") & (profile["pass"] == pass_)]
+    if "config" in prof:  # the default construction only (not e.g. the memory-only explicit_ops rows)
+        prof = prof[prof["config"].isna() | (prof["config"].astype(str).isin(["", "nan"]))]
     for col, keep in (("batch", 1), ("threads", None), ("dtype", None), ("hardware", None)):
         if col in prof and prof[col].notna().any():
             prof = prof[prof[col] == (keep if keep is not None else prof[col].mode().iloc[0])]

@@ -356,6 +356,9 @@ def test_a_cost_line_joins_one_consistent_set_of_rows():
                                  hardware="X", latency_ms_median=px * threads * batch, measured_at=f"2026-0{threads}"))
     rows.append(dict(kind="block", variant="lmi", pixels=256, batch=1, threads=1, dtype="float32", hardware="X",
                      latency_ms_median=1.0, measured_at="2026-09", **{"pass": "fwd_bwd"}))
+    # a memory-only row of another construction, measured later, must not replace the timed row
+    rows.append(dict(kind="block", variant="lmi", pixels=1024, batch=1, threads=1, dtype="float32", hardware="X",
+                     config='{"explicit_ops":true}', peak_mem_mb=5.0, measured_at="2026-12"))
     df = pd.DataFrame(rows).fillna({"pass": "fwd"})
     got = consistent_block_rows(df)
     assert got["pixels"].tolist() == [256, 1024]
