@@ -257,8 +257,10 @@ def test_every_mixer_traces_counts_with_plain_fvcore_and_matches_eager(name):
 @pytest.mark.parametrize("arm", [a for a in unet_mod.ARMS if unet_mod.canonical_arm(a) == a])
 def test_every_unet_arm_traces_and_matches_eager(arm):
     torch.manual_seed(0)
+    from lambda_blocks.latent.kd import output_anchor
+
     net = lb.build_unet(arm, "tiny", table_size=16).eval()  # table_size: only the fixed-size arm reads it
-    torch.nn.init.normal_(net.conv_out.weight, std=0.05)
+    torch.nn.init.normal_(output_anchor(net)[1], std=0.05)  # the last output conv (zero-initialised in ours)
     x, t = torch.randn(1, 7, 16, 16), torch.tensor([500])
     with torch.no_grad():
         traced = torch.jit.trace(net, (x, t), check_trace=False)
