@@ -25,6 +25,7 @@ A folder whose ``summary.json`` says ``"status": "done"`` is skipped.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -248,7 +249,6 @@ class _Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
-        self._owns = False
 
     @property
     def is_main(self) -> bool:
@@ -260,8 +260,11 @@ class _Dist:
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            # once per process, kept for every later run of it (the stages, then the student): a
+            # group destroyed and re-created between runs re-binds the rendezvous store's port, and
+            # a rank that reconnects before rank 0 has re-bound it hangs or is reset (seen under load)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            self._owns = True
+            atexit.register(_destroy_process_group)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -284,11 +287,14 @@ class _Dist:
                 dist.broadcast(t.data, src=0)
 
     def close(self) -> None:
-        if self.enabled and self._owns:
-            import torch.distributed as dist
+        """Nothing to do: the process group lives until the process exits (see ``init``)."""
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
