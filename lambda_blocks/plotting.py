@@ -824,7 +824,7 @@ def paired_table(rows: list[dict], caption: str) -> str:
 
 
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
-                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000)) -> str:
+                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000)) -> str:
     """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
     with the floor of the same problems first."""
     ev = evals.copy()
