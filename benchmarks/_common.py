@@ -12,6 +12,9 @@ if ROOT not in sys.path:  # the scripts import the package from the work tree
 import torch  # noqa: E402
 
 from lambda_blocks.profiling import hardware_name  # noqa: E402
+from lambda_blocks.runtime import allocator_state, tune_allocator  # noqa: E402
+
+tune_allocator()  # every benchmark measures with the allocator a training run uses (LAMBDA_BLOCKS_TUNE_MALLOC=0: off)
 
 
 def tag(device: str = "cpu") -> str:
@@ -24,6 +27,7 @@ def tag(device: str = "cpu") -> str:
 def header(title: str, device: str = "cpu") -> None:
     print(f"# {title}")
     print(f"# hardware={hardware_name(device)!r} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"# allocator: {allocator_state()}")
     try:
         load = os.getloadavg()
         print(f"# load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: compare ratios measured side by side)")

@@ -328,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     args = ap.parse_args(argv)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # reuse freed tensor memory instead of page-faulting it in again (runtime.tune_allocator)
     if args.n is not None and args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
     if args.steps is not None and args.steps < 1:

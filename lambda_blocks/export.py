@@ -269,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dynamo", action="store_true", help="use torch.export + onnxscript (slower to export)")
     ap.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args(argv)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # reuse freed tensor memory instead of page-faulting it in again (runtime.tune_allocator)
     if not args.out and not args.web:
         ap.error("give -o OUT.onnx and/or --web DIR")
     try:

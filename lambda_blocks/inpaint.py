@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's evaluation setting)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # reuse freed tensor memory instead of page-faulting it in again (runtime.tune_allocator)
     from .pretrained import CorruptCheckpoint, load_pretrained
     from .records import atomic_write_bytes
 

@@ -17,7 +17,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["select_device", "configure", "configured", "current_flags", "environment_info", "git_info"]
+__all__ = ["select_device", "configure", "configured", "current_flags", "environment_info", "git_info",
+           "tune_allocator", "allocator_state"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,76 @@ def select_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
+
+
+# glibc malloc, tuned for a tensor program (see tune_allocator). mallopt parameter numbers from malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR_TRIM_BYTES = 1 << 30  # keep up to 1 GiB of freed heap instead of returning it to the kernel
+ALLOCATOR_MMAP_BYTES = 1 << 28  # blocks up to 256 MiB come from the heap (reused), not from a fresh mmap
+ALLOCATOR_ENV_OFF = "LAMBDA_BLOCKS_TUNE_MALLOC"  # =0 leaves the allocator alone
+_ALLOCATOR: dict = {"tuned": False, "reason": "not requested"}
+
+
+def _libc():
+    """The process's C library when it is glibc (mallopt exists), else None."""
+    import ctypes
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        return lib if hasattr(lib, "mallopt") else None
+    except OSError:
+        return None
+
+
+def tune_allocator(libc=None) -> dict:
+    """Keep freed tensor memory in the process instead of handing it back to the kernel.
+
+    PyTorch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap threshold (dynamic,
+    at most 32 MiB) with a fresh ``mmap`` and returns freed heap above its trim threshold to the
+    kernel, so a freshly allocated large tensor is page-faulted in on first touch. On the project's
+    VMs a fault costs about 2 µs: a (16, 160, 32, 32) depthwise 3x3 convolution timed alone took
+    22 ms instead of 3.3 ms. Inside a whole training step glibc's dynamic threshold mostly recycles
+    the same blocks already, and the step is within noise of the untuned one
+    (``benchmarks/bench_allocator.py``, ``results/allocator-*.md``); what this buys is benchmarks of
+    single ops that time the op, not the kernel's page faults, and steady sampling loops. It sets
+    ``M_MMAP_THRESHOLD`` to 256 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB (both: a fixed trim threshold
+    alone turns the dynamic mmap threshold off, and every block over 128 KiB faults). Numbers do not
+    change, only where memory comes from; resident memory can stay up to 1 GiB above what is live.
+
+    Process-wide and not undone; idempotent. Skipped off glibc, when ``LAMBDA_BLOCKS_TUNE_MALLOC=0``,
+    when ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are set (the user chose), or when a
+    replacement allocator (jemalloc, tcmalloc, mimalloc) is preloaded. Returns ``allocator_state()``.
+    """
+    global _ALLOCATOR
+    if _ALLOCATOR["tuned"]:
+        return allocator_state()
+    preload = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get(ALLOCATOR_ENV_OFF, "1").strip().lower() in ("0", "false", "no", "off"):
+        _ALLOCATOR = {"tuned": False, "reason": f"{ALLOCATOR_ENV_OFF}=0"}
+    elif any(os.environ.get(v) for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        _ALLOCATOR = {"tuned": False, "reason": "MALLOC_*_THRESHOLD_ set in the environment"}
+    elif any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        _ALLOCATOR = {"tuned": False, "reason": f"allocator preloaded ({preload})"}
+    else:
+        lib = libc if libc is not None else _libc()
+        if lib is None:
+            _ALLOCATOR = {"tuned": False, "reason": "not glibc"}
+        else:
+            ok_mmap = lib.mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_MMAP_BYTES) == 1
+            ok_trim = lib.mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_TRIM_BYTES) == 1
+            if ok_mmap and ok_trim:
+                _ALLOCATOR = {"tuned": True, "reason": "glibc mallopt",
+                              "mmap_threshold": ALLOCATOR_MMAP_BYTES, "trim_threshold": ALLOCATOR_TRIM_BYTES}
+            else:
+                _ALLOCATOR = {"tuned": False, "reason": f"mallopt refused (mmap {ok_mmap}, trim {ok_trim})"}
+    return allocator_state()
+
+
+def allocator_state() -> dict:
+    """What ``tune_allocator`` did in this process (recorded in every run's env.json)."""
+    return dict(_ALLOCATOR)
 
 
 def current_flags() -> dict:
@@ -57,7 +128,10 @@ def configure(deterministic: bool = True, tf32: bool = False, threads: int = 0) 
             deterministic and no benchmark autotuning.
         tf32: allow TF32 matmuls / convolutions on Ampere+ GPUs (off: full fp32).
         threads: intra-op CPU threads (0: leave as is).
+
+    Also tunes the C allocator once per process (`tune_allocator`; numbers unchanged, steps faster).
     """
+    tune_allocator()
     torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
@@ -147,5 +221,6 @@ def environment_info(device: torch.device | str | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "hardware": gpu or f"{cpu} x{torch.get_num_threads()} threads",
+        "allocator": allocator_state(),
     }
     return info

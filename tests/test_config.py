@@ -191,3 +191,61 @@ def test_parse_overrides_forms():
         "train.lr": 1e-3, "unet.widths": [16, 32], "eval.fid": False, "data.dataset": "folder"}
     with pytest.raises(ValueError):
         parse_overrides("train.lr")
+
+
+class _FakeLibc:
+    """Records mallopt calls; answers like glibc (1: accepted)."""
+
+    def __init__(self, answer=1):
+        self.calls, self.answer = [], answer
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.answer
+
+
+def _fresh_allocator(monkeypatch):
+    monkeypatch.setattr(runtime, "_ALLOCATOR", {"tuned": False, "reason": "not requested"})
+    for var in (runtime.ALLOCATOR_ENV_OFF, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_tune_allocator_sets_both_thresholds_once(monkeypatch):
+    _fresh_allocator(monkeypatch)
+    lib = _FakeLibc()
+    state = runtime.tune_allocator(libc=lib)
+    assert state["tuned"] and state["mmap_threshold"] == runtime.ALLOCATOR_MMAP_BYTES
+    # both thresholds, by glibc's parameter numbers (M_MMAP_THRESHOLD -3, M_TRIM_THRESHOLD -1)
+    assert sorted(lib.calls) == sorted([(-3, runtime.ALLOCATOR_MMAP_BYTES), (-1, runtime.ALLOCATOR_TRIM_BYTES)])
+    assert runtime.tune_allocator(libc=lib) == state and len(lib.calls) == 2  # idempotent
+    assert runtime.environment_info("cpu")["allocator"] == state  # recorded in every run's env.json
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({runtime.ALLOCATOR_ENV_OFF: "0"}, "=0"),
+    ({"MALLOC_TRIM_THRESHOLD_": "1000"}, "environment"),
+    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "preloaded"),
+])
+def test_tune_allocator_leaves_a_users_choice_alone(monkeypatch, env, reason):
+    _fresh_allocator(monkeypatch)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    lib = _FakeLibc()
+    state = runtime.tune_allocator(libc=lib)
+    assert not state["tuned"] and reason in state["reason"] and lib.calls == []
+
+
+def test_tune_allocator_reports_a_refusal(monkeypatch):
+    _fresh_allocator(monkeypatch)
+    state = runtime.tune_allocator(libc=_FakeLibc(answer=0))
+    assert not state["tuned"] and "refused" in state["reason"]
+
+
+def test_tune_allocator_on_this_libc():
+    """On glibc (every project machine) the real mallopt accepts both settings."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    state = runtime.tune_allocator()
+    assert state["tuned"] or "LAMBDA_BLOCKS_TUNE_MALLOC" in state["reason"] or "environment" in state["reason"]

@@ -154,16 +154,28 @@ def toeplitz_fits(n: int, k: int, u: int) -> bool:
 
 
 def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> str:
-    """The measured-fastest formulation for this pass and size (benchmarks/bench_lambda_conv.py, one
-    CPU thread, the tiny U-Net's Local-λ shapes k = v = 8 and 16, r = 15, batch 1 and 16):
-    forward-only passes -> ``conv2d`` (16 px batch 16: 10 ms, rfft 73); with a backward, small maps
-    with enough rows -> ``toeplitz`` (16 px, k = v = 16, batch 16: 79 ms, rfft 196, conv2d 222),
-    larger maps -> ``rfft`` (32 px, k = v = 8, batch 16: 109 ms, conv2d 272) for r >= 9."""
+    """The measured-fastest formulation for this pass and size (benchmarks/bench_lambda_conv.py,
+    ``results/lambda_conv-*.csv``, one CPU thread, the tiny U-Net's Local-λ shapes k = v = 8 at
+    32 px and 16 at 16 px, r = 15, batch 1 and 16; the ms below are from the Intel Xeon machine).
+
+    - r < 9, or a forward-only pass with fewer than 64 rows B*v (batch 1: sampling one image):
+      ``conv2d``, the direct convolution (the FFT's and the Toeplitz matrix's set-up does not pay).
+    - Small maps with at least 64 rows (h*w <= 2 r^2, the Toeplitz matrix within bounds):
+      ``toeplitz``, one GEMM (16 px, k = v = 16, batch 16, forward+backward: 79 ms, rfft 196, conv2d 222).
+    - Otherwise ``rfft`` (32 px, k = v = 8, batch 16: forward+backward 109 ms, conv2d 272; forward
+      alone 2.1x faster than conv2d on the AMD EPYC machine).
+    Forward-only passes used to take ``conv2d`` always (measured with glibc's allocator page-faulting
+    the FFT buffers in on every call, `runtime.tune_allocator`); at batch 16 the rule above made the
+    Moebius U-Net's forward 1.19-1.25x faster (interleaved A/B, 32 px, AMD EPYC, one thread) and left
+    batch 1 as it was."""
     r = int(weight.shape[-1])
-    needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
-    if not needs_grad or r < 9:
+    if r < 9:
         return "conv2d"
-    if h * w <= 2 * r * r and v.shape[0] * v.shape[2] >= 64 and toeplitz_fits(h * w, weight.shape[0], weight.shape[1]):
+    rows = v.shape[0] * v.shape[2]
+    needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
+    if not needs_grad and rows < 64:
+        return "conv2d"
+    if h * w <= 2 * r * r and rows >= 64 and toeplitz_fits(h * w, weight.shape[0], weight.shape[1]):
         return "toeplitz"
     return "rfft"
 
@@ -177,9 +189,8 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         bias: (k,) or None.
         impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``toeplitz`` | ``auto`` (same result,
             different kernels). ``auto`` picks per pass and size, by measurement (`_auto_lambda_conv`):
-            ``conv2d`` for forward-only passes (sampling, evaluation) and r <= 7, ``toeplitz`` for
-            training passes on small maps (h*w <= 2 r^2, at least 64 rows B*v), ``rfft`` for the
-            other training passes. They agree to ~1e-6 relative in float32, so a training forward
+            ``conv2d`` for r <= 7 and for forward-only passes of fewer than 64 rows B*v,
+            ``toeplitz`` for small maps (h*w <= 2 r^2) of at least 64 rows, ``rfft`` otherwise. They agree to ~1e-6 relative in float32, so a training forward
             and an evaluation forward of the same weights differ at that level.
             ``toeplitz`` is one GEMM with the block-Toeplitz matrix of the kernel (`_ToeplitzConv`;
             its memory is k*u*N^2 values, for small maps).

@@ -129,6 +129,9 @@ def _validate(args, ap: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    from ..runtime import tune_allocator
+
+    tune_allocator()  # reuse freed tensor memory instead of page-faulting it in again (runtime.tune_allocator)
     _validate(args, ap)
     threads = torch.get_num_threads()
     if args.threads:
