@@ -40,7 +40,7 @@ RUN_COLUMNS = [
 ]
 EVAL_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "n",
                 "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std",
-                "train_steps", "train_decay_steps"]
+                "train_steps", "train_decay_steps", "train_lr"]
 _EVAL_FROM_RECORD = EVAL_COLUMNS[7:20]  # the metrics of one periodic evaluation
 PER_IMAGE_KEY = ["run_id", "tag", "arm", "size", "seed", "kind", "space", "image_size"]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
@@ -140,7 +140,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                                       "seed": row["seed"], "prediction": row["prediction"],
                                       "loss_weighting": row["loss_weighting"],
                                       **{k: rec.get(k) for k in _EVAL_FROM_RECORD},
-                                      "train_steps": row["train_steps"], "train_decay_steps": row["train_decay_steps"]})
+                                      "train_steps": row["train_steps"], "train_decay_steps": row["train_decay_steps"],
+                                      "train_lr": row["train_lr"]})
                 elif rec.get("kind") == "kd":
                     kd_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
                                     "seed": row["seed"], **{k: rec.get(k) for k in KD_COLUMNS[5:]}})

@@ -663,7 +663,7 @@ def preset_recipe(preset: str) -> dict:
 
     p = PRESETS.get(preset, {})
     return {"prediction": p.get("diffusion.prediction", "eps"), "loss_weighting": p.get("diffusion.loss_weighting", "none"),
-            "steps": p.get("train.steps"), "decay_steps": p.get("train.decay_steps", 0)}
+            "steps": p.get("train.steps"), "decay_steps": p.get("train.decay_steps", 0), "lr": p.get("train.lr")}
 
 
 def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
@@ -674,6 +674,9 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     keep = (pred == want["prediction"]) & (lw == want["loss_weighting"])
     if "train_decay_steps" in runs:  # a cool-down is a convergence variant, not a study row
         keep &= runs["train_decay_steps"].fillna(0) == want["decay_steps"]
+    if "train_lr" in runs and want["lr"] is not None:  # so is a learning-rate probe
+        lr = pd.to_numeric(runs["train_lr"], errors="coerce")
+        keep &= lr.isna() | np.isclose(lr.fillna(want["lr"]), want["lr"], rtol=1e-9, atol=0)
     out = runs[keep]
     if "train_steps" in out and want["steps"] is not None and len(out):
         # the preset's budget only, once any run has it: arms are compared at equal steps (another
@@ -685,19 +688,25 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     return out
 
 
-def recipe_label(prediction, weighting, decay_steps=0, steps=None) -> str:
-    """"v + Min-SNR", and ", cool-down 3000→4000" for a run whose LR decays over its last steps."""
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
+def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base_lr=None) -> str:
+    """"v + Min-SNR", ", cool-down 3000→4000" for a run whose LR decays over its last steps, and
+    ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``."""
     p = "ε" if prediction in (None, "eps") or (isinstance(prediction, float) and np.isnan(prediction)) else str(prediction)
     w = "" if weighting in (None, "none") or (isinstance(weighting, float) and np.isnan(weighting)) else " + Min-SNR"
-    d = decay_steps if decay_steps is not None and not (isinstance(decay_steps, float) and np.isnan(decay_steps)) else 0
+    d = decay_steps if not _missing(decay_steps) else 0
     c = f", cool-down {int(steps) - int(d)}→{int(steps)}" if d and steps is not None else ""
-    return f"{p}{w}{c}"
+    r = f", lr {float(lr):g}" if not _missing(lr) and not _missing(base_lr) and not np.isclose(float(lr), float(base_lr)) else ""
+    return f"{p}{w}{c}{r}"
 
 
-def _recipes(ev: pd.DataFrame) -> list[str]:
+def _recipes(ev: pd.DataFrame, base_lr=None) -> list[str]:
     cols = [ev[c] if c in ev else pd.Series(None, index=ev.index) for c in
-            ("prediction", "loss_weighting", "train_decay_steps", "train_steps")]
-    return [recipe_label(*vals) for vals in zip(*cols)]
+            ("prediction", "loss_weighting", "train_decay_steps", "train_steps", "train_lr")]
+    return [recipe_label(*vals, base_lr=base_lr) for vals in zip(*cols)]
 
 
 CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whole) ↓"), ("fid", "FID ↓"),
@@ -705,14 +714,14 @@ CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whol
 
 
 def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = None,
-                    name: str = "convergence") -> list[Path]:
+                    name: str = "convergence", base_lr=None) -> list[Path]:
     """Periodic full evaluations against training steps: one line per (arm, prediction target,
     weighting), mean over seeds; the classical fills of the same problems as grey lines."""
     import matplotlib.pyplot as plt
 
     style()
     ev = evals.copy()
-    ev["recipe"] = _recipes(ev)
+    ev["recipe"] = _recipes(ev, base_lr)
     panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
     styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
@@ -722,7 +731,8 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
             curve = grp.groupby("step")[col].mean()
             cool = "cool-down" in recipe
             ax.plot(curve.index, curve.values, marker="s" if cool else "o", ms=2.5 if cool else 2, lw=1, color=color(arm),
-                    ls=(0, (4, 1.5)) if cool else styles.get(recipe, "-"), label=f"{label(arm).split(' (=')[0]}, {recipe}")
+                    ls=(0, (4, 1.5)) if cool else ((0, (1, 1)) if ", lr " in recipe else styles.get(recipe, "-")),
+                    label=f"{label(arm).split(' (=')[0]}, {recipe}")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training step")
         if col in ("lpips", "lpips_hole", "fid"):
@@ -824,11 +834,13 @@ def paired_table(rows: list[dict], caption: str) -> str:
 
 
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
-                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000)) -> str:
+                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000),
+                      base_lr=None) -> str:
     """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
-    with the floor of the same problems first."""
+    with the floor of the same problems first; a run whose learning rate is not ``base_lr`` (the
+    preset's) is its own recipe."""
     ev = evals.copy()
-    ev["recipe"] = _recipes(ev)
+    ev["recipe"] = _recipes(ev, base_lr)
     head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     if floors is not None and len(floors):

@@ -247,6 +247,7 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     assert sorted(ev[ev["run_id"] == cool.run_name]["step"]) == [6]  # steps 2 and 4 are the short run's
     assert rr.loc[cool.run_name, "extended_from"] == short.run_name and rr.loc[cool.run_name, "train_decay_steps"] == 2
     assert P._recipes(ev[ev["run_id"] == cool.run_name])[0].endswith("cool-down 4→6")
+    assert np.allclose(ev["train_lr"], short.train.lr)  # every evaluation row says its run's learning rate
     assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
     longer = tiny_cfg(arm="linear", **base, **{"train.steps": 8})
     run(longer, runs, progress=False)
@@ -254,6 +255,23 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     assert set(P.with_recipe(rows, "smoke")["run_id"]) == {short.run_name, longer.run_name}  # neither is the preset's 40
     as_preset = rows.assign(train_steps=[40 if r == longer.run_name else s for r, s in zip(rows["run_id"], rows["train_steps"])])
     assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {longer.run_name}  # the preset's budget wins
+
+
+def test_a_learning_rate_probe_is_its_own_recipe_and_not_a_study_row():
+    """A run at another learning rate than the preset's is a convergence variant: labelled by its lr
+    in the convergence table, left out of the study rows (which compare arms at one recipe)."""
+    from lambda_blocks import plotting as P
+
+    base = P.preset_recipe("dev")
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arm": "lmi", "prediction": "v", "loss_weighting": "min_snr",
+                         "train_decay_steps": 0, "train_steps": base["steps"], "train_lr": [base["lr"], 2 * base["lr"], np.nan]})
+    assert set(P.with_recipe(runs, "dev")["run_id"]) == {"a", "c"}  # c: recorded before the column existed
+    ev = runs.assign(step=2000, seed=0, lpips=[0.04, 0.05, 0.06], n=32)
+    labels = P._recipes(ev, base["lr"])
+    assert labels[0] == labels[2] == "v + Min-SNR" and labels[1] == f"v + Min-SNR, lr {2 * base['lr']:g}"
+    table = P.convergence_table(ev, steps=(2000,), base_lr=base["lr"])
+    assert f"| LλMI | v + Min-SNR, lr {2 * base['lr']:g} | 2000 | 0.050 |" in table
+    assert "| LλMI | v + Min-SNR | 2000 | 0.050 |" in table  # a and c: mean 0.05, the probe apart
 
 
 def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_path):
