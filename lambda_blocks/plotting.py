@@ -8,6 +8,7 @@ Files are written atomically, PNG + PDF, with deterministic metadata so git diff
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -677,6 +678,13 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     if "train_lr" in runs and want["lr"] is not None:  # so is a learning-rate probe
         lr = pd.to_numeric(runs["train_lr"], errors="coerce")
         keep &= lr.isna() | np.isclose(lr.fillna(want["lr"]), want["lr"], rtol=1e-9, atol=0)
+    if "unet_overrides" in runs and len(runs):
+        # an arm with its architecture changed (a wider LλMI) is a variant beside the arm as
+        # registered: where an (arm, size) has runs of both, the registered one is the study row
+        plain = runs["unet_overrides"].fillna("").astype(str).isin(["", "{}"])
+        group = [runs[c].astype(str) for c in ("arm", "size") if c in runs]
+        has_plain = plain.groupby(group).transform("any") if group else pd.Series(plain.any(), index=runs.index)
+        keep &= plain | ~has_plain
     out = runs[keep]
     if "train_steps" in out and want["steps"] is not None and len(out):
         # the preset's budget only, once any run has it: arms are compared at equal steps (another
@@ -692,21 +700,26 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x))
 
 
-def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base_lr=None) -> str:
-    """"v + Min-SNR", ", cool-down 3000→4000" for a run whose LR decays over its last steps, and
-    ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``."""
+def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base_lr=None, unet=None) -> str:
+    """"v + Min-SNR", ", cool-down 3000→4000" for a run whose LR decays over its last steps,
+    ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``, and ", widths
+    [36, 72]" for an arm with architecture overrides (``unet``: their JSON, as collected)."""
     p = "ε" if prediction in (None, "eps") or (isinstance(prediction, float) and np.isnan(prediction)) else str(prediction)
     w = "" if weighting in (None, "none") or (isinstance(weighting, float) and np.isnan(weighting)) else " + Min-SNR"
     d = decay_steps if not _missing(decay_steps) else 0
     c = f", cool-down {int(steps) - int(d)}→{int(steps)}" if d and steps is not None else ""
     r = f", lr {float(lr):g}" if not _missing(lr) and not _missing(base_lr) and not np.isclose(float(lr), float(base_lr)) else ""
-    return f"{p}{w}{c}{r}"
+    a = ""
+    if not _missing(unet) and str(unet) not in ("", "{}"):
+        over = json.loads(unet) if isinstance(unet, str) else dict(unet)
+        a = "".join(f", {k} {json.dumps(v, separators=(', ', ': '))}" for k, v in sorted(over.items()))
+    return f"{p}{w}{c}{r}{a}"
 
 
 def _recipes(ev: pd.DataFrame, base_lr=None) -> list[str]:
     cols = [ev[c] if c in ev else pd.Series(None, index=ev.index) for c in
-            ("prediction", "loss_weighting", "train_decay_steps", "train_steps", "train_lr")]
-    return [recipe_label(*vals, base_lr=base_lr) for vals in zip(*cols)]
+            ("prediction", "loss_weighting", "train_decay_steps", "train_steps", "train_lr", "unet_overrides")]
+    return [recipe_label(*vals[:5], base_lr=base_lr, unet=vals[5]) for vals in zip(*cols)]
 
 
 CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whole) ↓"), ("fid", "FID ↓"),

@@ -246,8 +246,9 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     assert sorted(ev[ev["run_id"] == short.run_name]["step"]) == [2, 4]
     assert sorted(ev[ev["run_id"] == cool.run_name]["step"]) == [6]  # steps 2 and 4 are the short run's
     assert rr.loc[cool.run_name, "extended_from"] == short.run_name and rr.loc[cool.run_name, "train_decay_steps"] == 2
-    assert P._recipes(ev[ev["run_id"] == cool.run_name])[0].endswith("cool-down 4→6")
+    assert "cool-down 4→6" in P._recipes(ev[ev["run_id"] == cool.run_name])[0]
     assert np.allclose(ev["train_lr"], short.train.lr)  # every evaluation row says its run's learning rate
+    assert set(ev["unet_overrides"]) == {'{"context_dim":32,"num_tokens":4,"widths":[16,32]}'}  # and its architecture
     assert set(P.with_recipe(out["runs"], "smoke")["run_id"]) == {short.run_name}  # a cool-down is not a study row
     longer = tiny_cfg(arm="linear", **base, **{"train.steps": 8})
     run(longer, runs, progress=False)
@@ -272,6 +273,11 @@ def test_a_learning_rate_probe_is_its_own_recipe_and_not_a_study_row():
     table = P.convergence_table(ev, steps=(2000,), base_lr=base["lr"])
     assert f"| LλMI | v + Min-SNR, lr {2 * base['lr']:g} | 2000 | 0.050 |" in table
     assert "| LλMI | v + Min-SNR | 2000 | 0.050 |" in table  # a and c: mean 0.05, the probe apart
+    wide = runs.assign(unet_overrides=['', '{"widths":[36,72]}', np.nan], train_lr=base["lr"])
+    assert set(P.with_recipe(wide, "dev")["run_id"]) == {"a", "c"}  # an architecture variant is not the arm's row
+    only_wide = wide.assign(unet_overrides='{"widths":[36,72]}')
+    assert set(P.with_recipe(only_wide, "dev")["run_id"]) == {"a", "b", "c"}  # unless it is all there is
+    assert P._recipes(wide.assign(step=2000), base["lr"])[1] == "v + Min-SNR, widths [36, 72]"
 
 
 def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_path):
