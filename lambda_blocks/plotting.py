@@ -744,7 +744,7 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
             curve = grp.groupby("step")[col].mean()
             cool = "cool-down" in recipe
             ax.plot(curve.index, curve.values, marker="s" if cool else "o", ms=2.5 if cool else 2, lw=1, color=color(arm),
-                    ls=(0, (4, 1.5)) if cool else ((0, (1, 1)) if ", lr " in recipe else styles.get(recipe, "-")),
+                    ls=(0, (4, 1.5)) if cool else styles.get(recipe, (0, (1, 1))),  # a probe (lr, widths): dotted
                     label=f"{label(arm).split(' (=')[0]}, {recipe}")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training step")
