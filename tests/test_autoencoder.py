@@ -282,8 +282,11 @@ def test_ae_path_uses_a_local_diffusers_autoencoder_kl(tmp_path):
     z0, zmask, zmasked = space.encode_problem(x, torch.zeros(2, 1, 32, 32))
     with torch.no_grad():
         ref = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-        assert torch.allclose(z0, ref, atol=1e-6) and z0.shape == (2, 4, 8, 8)
-        assert torch.allclose(space.decode(z0), vae.decode(z0 / vae.config.scaling_factor).sample.clamp(-1, 1), atol=1e-6)
+        # the same function, up to float32 rounding (the loaded copy's kernels may sum in another order)
+        assert z0.shape == (2, 4, 8, 8)
+        torch.testing.assert_close(z0, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(space.decode(z0), vae.decode(z0 / vae.config.scaling_factor).sample.clamp(-1, 1),
+                                   rtol=1e-5, atol=1e-5)
     assert cfg.run_name != resolve("smoke", arm="lmi", overrides={"latent.space": "latent"}).run_name
 
 
