@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path; tunes this process)
 
@@ -29,15 +28,11 @@ from lambda_blocks.runtime import ALLOCATOR_ENV_OFF  # noqa: E402
 CASES = ("dwconv_fwd", "dwconv_fwd_bwd", "baseline_fwd", "moebius_fwd", "baseline_train_step", "moebius_train_step")
 
 
-def _median_ms(fn, calls: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
+def _median_ms(fn, calls: int) -> float:
+    """The median of at least ``calls`` timed calls after two warm-up calls (``profiling.latency``)."""
+    from lambda_blocks.profiling import latency
+
+    return latency(fn, min_run_time=0.0, min_reps=calls, warmup=2).median_ms
 
 
 def worker(side: int, batch: int, calls: int) -> dict:

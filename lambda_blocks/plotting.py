@@ -704,9 +704,9 @@ def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base
     """"v + Min-SNR", ", cool-down 3000→4000" for a run whose LR decays over its last steps,
     ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``, and ", widths
     [36, 72]" for an arm with architecture overrides (``unet``: their JSON, as collected)."""
-    p = "ε" if prediction in (None, "eps") or (isinstance(prediction, float) and np.isnan(prediction)) else str(prediction)
-    w = "" if weighting in (None, "none") or (isinstance(weighting, float) and np.isnan(weighting)) else " + Min-SNR"
-    d = decay_steps if not _missing(decay_steps) else 0
+    p = "ε" if _missing(prediction) or prediction == "eps" else str(prediction)
+    w = "" if _missing(weighting) or weighting == "none" else " + Min-SNR"
+    d = 0 if _missing(decay_steps) else decay_steps
     c = f", cool-down {int(steps) - int(d)}→{int(steps)}" if d and steps is not None else ""
     r = f", lr {float(lr):g}" if not _missing(lr) and not _missing(base_lr) and not np.isclose(float(lr), float(base_lr)) else ""
     a = ""

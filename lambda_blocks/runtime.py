@@ -66,7 +66,7 @@ def tune_allocator(libc=None) -> dict:
     kernel, so a freshly allocated large tensor is page-faulted in on first touch. On the project's
     VMs a fault costs about 2 µs: a (16, 160, 32, 32) depthwise 3x3 convolution timed alone took
     22 ms instead of 3.3 ms. Inside a whole step glibc's dynamic threshold mostly recycles the same
-    blocks already: a dev training step gains 1.03x, a batch-16 U-Net forward 1.04-1.26x
+    blocks already: a dev training step moves 0.97-1.07x, a batch-16 U-Net forward 1.03-1.18x
     (``benchmarks/bench_allocator.py``, ``results/allocator-*.md``); above all, benchmarks of single
     ops time the op, not the kernel's page faults. It sets
     ``M_MMAP_THRESHOLD`` to 256 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB (both: a fixed trim threshold

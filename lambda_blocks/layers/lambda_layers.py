@@ -165,9 +165,8 @@ def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> 
     - Otherwise ``rfft`` (32 px, k = v = 8, batch 16: forward+backward 109 ms, conv2d 272; forward
       alone 2.1x faster than conv2d on the AMD EPYC machine).
     Forward-only passes used to take ``conv2d`` always (measured with glibc's allocator page-faulting
-    the FFT buffers in on every call, `runtime.tune_allocator`); at batch 16 the rule above made the
-    Moebius U-Net's forward 1.19-1.25x faster (interleaved A/B, 32 px, AMD EPYC, one thread) and left
-    batch 1 as it was."""
+    the FFT buffers in on every call, `runtime.tune_allocator`); at batch 16 the rule above makes the
+    Local-λ layer's forward 1.22-1.44x faster than conv2d (``results/lambda_conv-cpu-amd-epyc-*.csv``)."""
     r = int(weight.shape[-1])
     if r < 9:
         return "conv2d"
