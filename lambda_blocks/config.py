@@ -53,9 +53,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelCfg:
-    """The U-Net beyond ``arm`` and ``size``: extra ``UNetConfig`` overrides (JSON values only)."""
+    """The U-Net beyond ``arm`` and ``size``: extra ``UNetConfig`` overrides (JSON values only), and
+    ``lambda_gain``, the starting value of a learned output gain on every lambda mixer
+    (``UNetConfig.lambda_gain``; None: the paper's lambda layers). The presets set it; it is dropped
+    (set to None) for a network it does not reach, so an arm without lambda layers keeps one run."""
 
     unet: dict = field(default_factory=dict)
+    lambda_gain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,7 @@ _HASH_OPTIONAL_FIELDS = {
     "diffusion": {"prediction": "eps", "loss_weighting": "none", "min_snr_gamma": 5.0},
     "eval": {"periodic_full": False},
     "train": {"decay_steps": 0, "channels_last": True, "compile": False},
+    "model": {"lambda_gain": None},
     "latent": {"ae_path": None},
 }
 
@@ -254,6 +259,7 @@ class ExpCfg:
 
     def unet_config(self) -> UNetConfig:
         kw = _unet_kwargs(self.model.unet)
+        kw.setdefault("lambda_gain", self.model.lambda_gain)
         kw.setdefault("max_timestep", self.diffusion.timesteps)
         kw.setdefault("table_size", self.work_size)  # what a position='table' arm is fixed to
         if self.latent.space == "latent":
@@ -365,9 +371,13 @@ _DEFAULT_BASE = "<defaults>"  # from_dict: the dict is complete, start from data
 
 def valid_keys() -> list[str]:
     """Every dotted key ``resolve`` accepts (``unet.<field>`` covers UNetConfig fields)."""
-    keys = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c) if s != "model"]
-    keys += [f"unet.{f.name}" for f in dataclasses.fields(UNetConfig)]
+    keys = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c) if (s, f.name) != ("model", "unet")]
+    keys += [f"unet.{f.name}" for f in dataclasses.fields(UNetConfig) if f.name not in _MODEL_FIELDS]
     return sorted(keys)
+
+
+# UNetConfig fields that live in ModelCfg (one place in config.json): ``unet.<name>`` means ``model.<name>``
+_MODEL_FIELDS = ("lambda_gain",)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -384,12 +394,14 @@ def _canonical_key(key: str) -> str:
         key = key[len("model."):]
     if key.startswith("unet."):
         name = key[len("unet."):]
+        if name in _MODEL_FIELDS:
+            return f"model.{name}"
         if name in {f.name for f in dataclasses.fields(UNetConfig)}:
             return key
         raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
     if "." in key:
         sec, name = key.split(".", 1)
-        if sec in SECTIONS and sec != "model" and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+        if sec in SECTIONS and (sec, name) != ("model", "unet") and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
             return key
         raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
     hits = [k for k in valid_keys() if k.split(".", 1)[1] == key and not k.startswith("unet.")]
@@ -572,6 +584,13 @@ def _build(preset: str, arm: str, size: str | None, seed: int, overrides: Mappin
         preset=preset, arm=arm, size=size, seed=seed,
         **{s: SECTIONS[s](**vals) for s, vals in sections.items()},
     )
+    if cfg.model.lambda_gain is not None:
+        try:
+            ucfg = cfg.unet_config()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid architecture: {exc.args[0] if exc.args else exc}") from exc
+        if not ucfg.uses_lambda_gain:  # no lambda mixer to scale: the same network (and run) as without
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lambda_gain=None))
     _validate(cfg)
     return cfg
 

@@ -16,6 +16,7 @@ LCG tokens; every inpainting sample here is of the "background" category) or fro
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from typing import Mapping
@@ -60,6 +61,10 @@ class UNetConfig:
             (the authors': 32 groups wherever C allows).
         conv_out: the output conv: ``dense`` 3x3 (ours) or ``depthwise`` (depthwise 3x3 then pointwise
             1x1, the authors' ``conv_out``, whose pointwise weight is their KD output anchor θ_o).
+        lambda_gain: a learned per-channel output gain on every lambda mixer (Local-λ, Interactive-λ),
+            starting at this value (`lambda_layers._LayerScale`); ``None``: the paper's lambda layers,
+            whose residual branch starts ~25x larger than an attention's. A mixer's own
+            ``layer_scale`` in ``self_kwargs`` / ``cross_kwargs`` wins. See `uses_lambda_gain`.
         zero_init_out: zero-initialise ``conv_out`` (its last conv; ours: the prediction starts at 0). The authors
             keep PyTorch's default init, so their task-loss gradient at the output anchor is not 0 at
             step 0 (see `latent.kd`).
@@ -87,6 +92,7 @@ class UNetConfig:
     gn_min_channels: int = 2
     zero_init_out: bool = True
     conv_out: str = "dense"
+    lambda_gain: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -120,6 +126,9 @@ class UNetConfig:
             raise ValueError(f"context='image' pools a g x g grid: num_tokens must be a square, got {self.num_tokens}")
         if not isinstance(self.table_size, int) or self.table_size < 0:
             raise ValueError(f"UNetConfig.table_size must be an int >= 0, got {self.table_size!r}")
+        g = self.lambda_gain
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0):
+            raise ValueError(f"UNetConfig.lambda_gain must be a positive number or None, got {g!r}")
         if self.gn_min_channels not in (1, 2):
             raise ValueError(f"UNetConfig.gn_min_channels must be 1 (the authors') or 2 (ours), got {self.gn_min_channels!r}")
         if self.level_tables:
@@ -132,6 +141,26 @@ class UNetConfig:
     @property
     def levels(self) -> int:
         return len(self.widths)
+
+    def mixer_kwargs(self, level: int) -> tuple[dict, dict]:
+        """(self_kwargs, cross_kwargs) of the mixers at ``level``, with ``lambda_gain`` given as
+        ``layer_scale`` to each mixer that takes one and has none of its own."""
+        out = []
+        for name, kw in zip(self.mixer_at(level), (self.self_kwargs, self.cross_kwargs)):
+            kw = dict(kw)
+            if self.lambda_gain is not None and name != "none" and "layer_scale" not in kw \
+                    and "layer_scale" in inspect.signature(get_attention_class(name)).parameters:
+                kw["layer_scale"] = self.lambda_gain
+            out.append(kw)
+        return out[0], out[1]
+
+    @property
+    def uses_lambda_gain(self) -> bool:
+        """Whether ``lambda_gain`` changes the network (some mixing level has a mixer it reaches)."""
+        if self.lambda_gain is None:
+            return False
+        plain = dataclasses.replace(self, lambda_gain=None)
+        return any(self.mixer_kwargs(lv) != plain.mixer_kwargs(lv) for lv in self.mix_levels)
 
     @property
     def level_tables(self) -> bool:
@@ -199,9 +228,11 @@ TABLE2_ARMS: dict[str, dict] = {
     "moebius": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise"),
     # the authors' exact Moebius: BatchNorm on queries / values, the absolute position table (one
     # resolution), 32 GroupNorm groups where the width allows, a depthwise-separable conv_out with
-    # PyTorch's default init (its pointwise weight is their KD output anchor)
+    # PyTorch's default init (its pointwise weight is their KD output anchor), no output gain on the
+    # lambda layers (``layer_scale: None`` wins over a preset's ``lambda_gain``)
     "moebius_paper": dict(self_mixer="local_lambda", cross_mixer="interactive_lambda", ffn="mixffn", conv="depthwise",
-                          self_kwargs={"norm": "batch"}, cross_kwargs={"norm": "batch", "position": "table"},
+                          self_kwargs={"norm": "batch", "layer_scale": None},
+                          cross_kwargs={"norm": "batch", "position": "table", "layer_scale": None},
                           gn_min_channels=1, zero_init_out=False, conv_out="depthwise"),
 }
 
@@ -311,13 +342,13 @@ class Stage(nn.Module):
         self.mix = None
         sm, cm = cfg.mixer_at(level)
         if mix and (sm, cm, cfg.ffn) != ("none", "none", "none"):
-            cross_kwargs = dict(cfg.cross_kwargs)
+            self_kwargs, cross_kwargs = cfg.mixer_kwargs(level)
             if cfg.level_tables and cm != "none":
                 side = cfg.table_size >> level  # this level's map, and the run's token count
                 cross_kwargs.update(feat_size=(side, side), num_tokens=cfg.num_tokens)
             self.mix = MixBlock2d(
                 cout, sm, cm, cfg.ffn, context_dim=cfg.context_dim, heads=cfg.heads,
-                self_kwargs=cfg.self_kwargs, cross_kwargs=cross_kwargs, ffn_ratio=cfg.ffn_ratio,
+                self_kwargs=self_kwargs, cross_kwargs=cross_kwargs, ffn_ratio=cfg.ffn_ratio,
                 gn_min_channels=cfg.gn_min_channels,
             )
 

@@ -189,6 +189,7 @@ class LMIBlock(TokenMixer):
         feat_size, num_tokens: needed by ``position="table"`` only.
         ffn_ratio: Mix-FFN hidden ratio.
         lambda_conv: formulation of the lambda convolution.
+        layer_scale: learned output gain of both lambda layers, starting at this value (None: the paper's).
 
     Returns the block's update (B, C, H, W); x + lmi(x, context) is the paper's block.
     """
@@ -210,6 +211,7 @@ class LMIBlock(TokenMixer):
         num_tokens: int | None = None,
         ffn_ratio: float = 2.5,
         lambda_conv: str = "auto",
+        layer_scale: float | None = None,
     ):
         super().__init__()
         self.dim = dim
@@ -221,8 +223,9 @@ class LMIBlock(TokenMixer):
             "mixffn",
             context_dim=self.context_dim,
             heads=heads,
-            self_kwargs=dict(r=r, norm=norm, lambda_conv=lambda_conv),
-            cross_kwargs=dict(norm=norm, position=position, feat_size=feat_size, num_tokens=num_tokens),
+            self_kwargs=dict(r=r, norm=norm, lambda_conv=lambda_conv, layer_scale=layer_scale),
+            cross_kwargs=dict(norm=norm, position=position, feat_size=feat_size, num_tokens=num_tokens,
+                              layer_scale=layer_scale),
             ffn_ratio=ffn_ratio,
         )
 

@@ -294,6 +294,41 @@ def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return _ApplyLambdas.apply(q.to(dtype), lam.to(dtype))
 
 
+class _LayerScale(nn.Module):
+    """A learned per-channel gain on a lambda layer's output (LayerScale, Touvron et al. 2021).
+
+    A lambda layer has no output projection: y_n = (λc + λp_n)^T q_n sums k products of unit-variance
+    queries and lambdas, so at initialisation its residual branch is about sqrt(k) times its input
+    (std 2.5 for Local-λ, 3.2 for Interactive-λ at the tiny U-Net's widths, against 0.10-0.15 for the
+    softmax / linear attentions, whose output projection has PyTorch's default init). A gain that
+    starts small restores the usual "residual branch starts near identity" at C parameters, where an
+    output projection would cost C^2. ``make(dim, None)`` returns the identity (the paper's layer).
+    """
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), float(init)))
+
+    @staticmethod
+    def make(dim: int, init: float | None) -> nn.Module:
+        if init is None:
+            return _Identity()
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init) or init <= 0:
+            raise ValueError(f"layer_scale must be a positive number or None, got {init!r}")
+        return _LayerScale(dim, init)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.weight.view(1, -1, 1, 1).to(y.dtype)
+
+    def macs(self, n: int) -> int:
+        return 0  # an elementwise scale, not a multiply-accumulate (as fvcore counts)
+
+
+class _Identity(nn.Identity):
+    def macs(self, n: int) -> int:
+        return 0
+
+
 @register_attention("local_lambda", roles=("self",), label="Local-λ", color="#55A868")
 class LocalLambda(TokenMixer):
     """Local-λ: multi-query lambda layer with content lambda + lambda-convolution position lambda.
@@ -308,6 +343,8 @@ class LocalLambda(TokenMixer):
         lambda_conv: ``auto`` (default: per pass and size, see `lambda_conv`), ``conv2d``, ``conv3d``,
             ``unfold``, ``rfft`` or ``toeplitz``.
         pos_bias: learn a bias per k in the position convolution (as Moebius does).
+        layer_scale: multiply the output by a learned per-channel gain that starts at this value
+            (LayerScale, Touvron et al. 2021); ``None`` (the paper's layer): no gain. See `_LayerScale`.
 
     Shapes: x (B, C, H, W) -> (B, C, H, W), any H, W.
     """
@@ -322,6 +359,7 @@ class LocalLambda(TokenMixer):
         norm: str = "layer",
         lambda_conv: str = "auto",
         pos_bias: bool = True,
+        layer_scale: float | None = None,
     ):
         super().__init__()
         self.dim_k = _check_lambda_args(dim, heads, dim_k, dim_u, norm)
@@ -342,6 +380,7 @@ class LocalLambda(TokenMixer):
         self.norm_v = make_norm2d(norm, u * v, groups=u)
         self.pos_weight = nn.Parameter(torch.randn(k, u, r, r) / math.sqrt(u * r * r))
         self.pos_bias = nn.Parameter(torch.zeros(k)) if pos_bias else None
+        self.gain = _LayerScale.make(dim, layer_scale)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x, context)
@@ -352,7 +391,7 @@ class LocalLambda(TokenMixer):
         content = torch.einsum("bukn,buvn->bkv", keys, v)  # λc
         position = lambda_conv(v, self.pos_weight, self.pos_bias, hh, ww, self.lambda_conv)  # λp (B, k, v, N)
         y = apply_lambdas(q, position + content.unsqueeze(-1))  # (λc + λp_n)^T q_n, one pass
-        return rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww)
+        return self.gain(rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww))
 
     def macs(self, h: int, w: int, context_len: int = 0) -> int:
         n, k, u, v, nh = h * w, self.dim_k, self.dim_u, self.dim_v, self.heads
@@ -360,7 +399,7 @@ class LocalLambda(TokenMixer):
         content = n * k * v * u  # λc = Σ_n K V^T
         position = n * k * v * u * self.r**2  # λp by the r x r lambda convolution
         apply = n * nh * k * v  # (λc + λp_n)^T q_n (the sum is formed first: one application)
-        return proj + content + position + apply
+        return proj + content + position + apply + self.gain.macs(n)
 
 
 POSITIONS = ("fourier", "table", "none")
@@ -391,6 +430,8 @@ class InteractiveLambda(TokenMixer):
         feat_size: (H, W) the table is built for (``table`` only).
         num_tokens: L the table is built for (``table`` only).
         n_freq: Fourier frequencies per axis (``fourier`` only).
+        layer_scale: a learned per-channel output gain starting at this value (`_LayerScale`); ``None``:
+            none (the paper's layer).
 
     Shapes: x (B, C, H, W), context (B, L, context_dim) -> (B, C, H, W).
     """
@@ -410,6 +451,7 @@ class InteractiveLambda(TokenMixer):
         feat_size: tuple[int, int] | None = None,
         num_tokens: int | None = None,
         n_freq: int = 4,
+        layer_scale: float | None = None,
     ):
         super().__init__()
         self.dim_k = _check_lambda_args(dim, heads, dim_k, dim_u, norm)
@@ -445,6 +487,7 @@ class InteractiveLambda(TokenMixer):
         elif position == "fourier":
             self.to_pos_k = nn.Linear(self.context_dim, u * k, bias=False)
             self.pos_gate = nn.Linear(4 * n_freq, k * u)
+        self.gain = _LayerScale.make(dim, layer_scale)
 
     def _values(self, context: torch.Tensor) -> torch.Tensor:
         v = self.to_v(context)  # (B, L, u*v)
@@ -481,7 +524,7 @@ class InteractiveLambda(TokenMixer):
                 )
             pos = torch.einsum("nlku,buvl->bkvn", self.pos_table, v)  # λp (B, k, v, N)
             out = apply_lambdas(q, pos + lam.unsqueeze(-1))  # (λc + λp_n)^T q_n
-        return rearrange(out, "b h v (x y) -> b (h v) x y", x=hh, y=ww)
+        return self.gain(rearrange(out, "b h v (x y) -> b (h v) x y", x=hh, y=ww))
 
     def macs(self, h: int, w: int, context_len: int = 0) -> int:
         n, L, k, u, v, nh = h * w, context_len, self.dim_k, self.dim_u, self.dim_v, self.heads
@@ -494,4 +537,4 @@ class InteractiveLambda(TokenMixer):
             total += n * nh * k * v * u  # Σ_u (PV)_u^T (G_u ⊙ q_n): λp is applied without being formed
         elif self.position == "table":
             total += n * L * k * v * u  # λp_n = Σ_l Σ_u E V
-        return total
+        return total + self.gain.macs(n)
