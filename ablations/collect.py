@@ -39,10 +39,13 @@ RUN_COLUMNS = [
     "train_steps", "train_decay_steps", "extended_from",
     # architecture overrides of the arm (`--set unet.widths=[36,72]`): JSON, empty for the arm as registered
     "unet_overrides",
+    # the starting value of the lambda layers' output gain (model.lambda_gain): empty = none (the paper's
+    # layers, and every run recorded before it) or an arm without lambda layers
+    "lambda_gain",
 ]
 EVAL_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "n",
                 "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std",
-                "train_steps", "train_decay_steps", "train_lr", "unet_overrides"]
+                "train_steps", "train_decay_steps", "train_lr", "unet_overrides", "lambda_gain"]
 _EVAL_FROM_RECORD = EVAL_COLUMNS[7:20]  # the metrics of one periodic evaluation
 PER_IMAGE_KEY = ["run_id", "tag", "arm", "size", "seed", "kind", "space", "image_size"]
 CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
@@ -118,6 +121,7 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                        train_steps=tr.get("steps"), train_decay_steps=tr.get("decay_steps", 0))
             unet_over = (config.get("model") or {}).get("unet") or {}
             row["unet_overrides"] = json.dumps(unet_over, sort_keys=True, separators=(",", ":")) if unet_over else ""
+            row["lambda_gain"] = (config.get("model") or {}).get("lambda_gain")
         lat, kdc = config.get("latent") or {}, config.get("kd") or {}
         row["space"] = lat.get("space", "pixel") if config else params.get("space")
         row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")
@@ -145,7 +149,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                                       "loss_weighting": row["loss_weighting"],
                                       **{k: rec.get(k) for k in _EVAL_FROM_RECORD},
                                       "train_steps": row["train_steps"], "train_decay_steps": row["train_decay_steps"],
-                                      "train_lr": row["train_lr"], "unet_overrides": row["unet_overrides"]})
+                                      "train_lr": row["train_lr"], "unet_overrides": row["unet_overrides"],
+                                      "lambda_gain": row["lambda_gain"]})
                 elif rec.get("kind") == "kd":
                     kd_rows.append({"run_id": run_dir.name, "tag": row["tag"], "arm": row["arm"], "size": row["size"],
                                     "seed": row["seed"], **{k: rec.get(k) for k in KD_COLUMNS[5:]}})

@@ -112,10 +112,12 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         ev = evals[evals["run_id"].isin(pixel_ids)]
         if len(ev) and ev["lpips"].notna().any():
             size_px = int(runs[runs["run_id"].isin(set(ev["run_id"]))]["image_size"].mode().iloc[0])
-            base_lr = P.preset_recipe(preset)["lr"]
-            written += P.fig_convergence(ev, figures_dir, floors=P.floors_at(floors_all, size_px), base_lr=base_lr)
-            _write(assets_dir / "convergence.md", P.convergence_table(ev, P.floors_at(floors_all, size_px), base_lr=base_lr),
-                   written)
+            base = P.preset_recipe(preset)
+            base_lr, base_gain = base["lr"], base["lambda_gain"]
+            written += P.fig_convergence(ev, figures_dir, floors=P.floors_at(floors_all, size_px), base_lr=base_lr,
+                                         base_gain=base_gain)
+            _write(assets_dir / "convergence.md", P.convergence_table(ev, P.floors_at(floors_all, size_px), base_lr=base_lr,
+                                                                      base_gain=base_gain), written)
     if kd_log is not None and len(kd_log):
         written += P.fig_kd_weights(kd_log, figures_dir)
     if curves is not None and len(curves):

@@ -7,6 +7,7 @@ Files are written atomically, PNG + PDF, with deterministic metadata so git diff
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -664,7 +665,31 @@ def preset_recipe(preset: str) -> dict:
 
     p = PRESETS.get(preset, {})
     return {"prediction": p.get("diffusion.prediction", "eps"), "loss_weighting": p.get("diffusion.loss_weighting", "none"),
-            "steps": p.get("train.steps"), "decay_steps": p.get("train.decay_steps", 0), "lr": p.get("train.lr")}
+            "steps": p.get("train.steps"), "decay_steps": p.get("train.decay_steps", 0), "lr": p.get("train.lr"),
+            "lambda_gain": p.get("model.lambda_gain")}
+
+
+@functools.lru_cache(maxsize=None)
+def lambda_arm(arm) -> bool:
+    """Whether ``model.lambda_gain`` reaches some mixer of ``arm`` (a network with lambda layers
+    that take the preset's gain); False for an unknown arm or a classical fill."""
+    from .unet import ARMS, unet_config
+
+    if not isinstance(arm, str) or arm not in ARMS:
+        return False
+    return unet_config(arm, "tiny", lambda_gain=1.0, table_size=64).uses_lambda_gain  # any valid size
+
+
+def _gain(x):
+    """A recorded lambda gain as a float, or None (none / not recorded)."""
+    if _missing(x) or (isinstance(x, str) and x.strip().lower() in ("", "none", "nan")):
+        return None
+    return float(x)
+
+
+def _same_gain(a, b) -> bool:
+    a, b = _gain(a), _gain(b)
+    return (a is None and b is None) or (a is not None and b is not None and bool(np.isclose(a, b, rtol=1e-9, atol=0)))
 
 
 def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
@@ -678,6 +703,10 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
     if "train_lr" in runs and want["lr"] is not None:  # so is a learning-rate probe
         lr = pd.to_numeric(runs["train_lr"], errors="coerce")
         keep &= lr.isna() | np.isclose(lr.fillna(want["lr"]), want["lr"], rtol=1e-9, atol=0)
+    if len(runs):  # an arm with lambda layers trained with another output gain than the preset's is a probe
+        gains = runs["lambda_gain"] if "lambda_gain" in runs else pd.Series(None, index=runs.index, dtype=object)
+        lam = runs["arm"].map(lambda_arm) if "arm" in runs else pd.Series(False, index=runs.index)
+        keep &= ~lam | gains.map(lambda g: _same_gain(g, want["lambda_gain"]))
     if "unet_overrides" in runs and len(runs):
         # an arm with its architecture changed (a wider LλMI) is a variant beside the arm as
         # registered: where an (arm, size) has runs of both, the registered one is the study row
@@ -700,10 +729,13 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x))
 
 
-def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base_lr=None, unet=None) -> str:
+def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base_lr=None, unet=None,
+                 gain=None, base_gain=None, lambda_layers=False) -> str:
     """"v + Min-SNR", ", cool-down 3000→4000" for a run whose LR decays over its last steps,
-    ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``, and ", widths
-    [36, 72]" for an arm with architecture overrides (``unet``: their JSON, as collected)."""
+    ", lr 0.002" for a run whose learning rate is not the preset's ``base_lr``, ", widths
+    [36, 72]" for an arm with architecture overrides (``unet``: their JSON, as collected), and for an
+    arm with lambda layers (``lambda_layers``) whose output gain ``gain`` is not the preset's
+    ``base_gain``: ", no λ gain" or ", λ gain 0.2"."""
     p = "ε" if _missing(prediction) or prediction == "eps" else str(prediction)
     w = "" if _missing(weighting) or weighting == "none" else " + Min-SNR"
     d = 0 if _missing(decay_steps) else decay_steps
@@ -713,13 +745,18 @@ def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base
     if not _missing(unet) and str(unet) not in ("", "{}"):
         over = json.loads(unet) if isinstance(unet, str) else dict(unet)
         a = "".join(f", {k} {json.dumps(v, separators=(', ', ': '))}" for k, v in sorted(over.items()))
-    return f"{p}{w}{c}{r}{a}"
+    g = ""
+    if lambda_layers and not _same_gain(gain, base_gain):
+        g = ", no λ gain" if _gain(gain) is None else f", λ gain {_gain(gain):g}"
+    return f"{p}{w}{c}{r}{a}{g}"
 
 
-def _recipes(ev: pd.DataFrame, base_lr=None) -> list[str]:
+def _recipes(ev: pd.DataFrame, base_lr=None, base_gain=None) -> list[str]:
     cols = [ev[c] if c in ev else pd.Series(None, index=ev.index) for c in
-            ("prediction", "loss_weighting", "train_decay_steps", "train_steps", "train_lr", "unet_overrides")]
-    return [recipe_label(*vals[:5], base_lr=base_lr, unet=vals[5]) for vals in zip(*cols)]
+            ("prediction", "loss_weighting", "train_decay_steps", "train_steps", "train_lr", "unet_overrides",
+             "lambda_gain", "arm")]
+    return [recipe_label(*vals[:5], base_lr=base_lr, unet=vals[5], gain=vals[6], base_gain=base_gain,
+                         lambda_layers=lambda_arm(vals[7])) for vals in zip(*cols)]
 
 
 CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whole) ↓"), ("fid", "FID ↓"),
@@ -727,14 +764,14 @@ CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whol
 
 
 def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = None,
-                    name: str = "convergence", base_lr=None) -> list[Path]:
+                    name: str = "convergence", base_lr=None, base_gain=None) -> list[Path]:
     """Periodic full evaluations against training steps: one line per (arm, prediction target,
     weighting), mean over seeds; the classical fills of the same problems as grey lines."""
     import matplotlib.pyplot as plt
 
     style()
     ev = evals.copy()
-    ev["recipe"] = _recipes(ev, base_lr)
+    ev["recipe"] = _recipes(ev, base_lr, base_gain)
     panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
     styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
@@ -848,12 +885,12 @@ def paired_table(rows: list[dict], caption: str) -> str:
 
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
                       steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000),
-                      base_lr=None) -> str:
+                      base_lr=None, base_gain=None) -> str:
     """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
     with the floor of the same problems first; a run whose learning rate is not ``base_lr`` (the
     preset's) is its own recipe."""
     ev = evals.copy()
-    ev["recipe"] = _recipes(ev, base_lr)
+    ev["recipe"] = _recipes(ev, base_lr, base_gain)
     head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     if floors is not None and len(floors):

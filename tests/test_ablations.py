@@ -265,19 +265,45 @@ def test_a_learning_rate_probe_is_its_own_recipe_and_not_a_study_row():
 
     base = P.preset_recipe("dev")
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arm": "lmi", "prediction": "v", "loss_weighting": "min_snr",
-                         "train_decay_steps": 0, "train_steps": base["steps"], "train_lr": [base["lr"], 2 * base["lr"], np.nan]})
+                         "train_decay_steps": 0, "train_steps": base["steps"], "train_lr": [base["lr"], 2 * base["lr"], np.nan],
+                         "lambda_gain": base["lambda_gain"]})
     assert set(P.with_recipe(runs, "dev")["run_id"]) == {"a", "c"}  # c: recorded before the column existed
     ev = runs.assign(step=2000, seed=0, lpips=[0.04, 0.05, 0.06], n=32)
-    labels = P._recipes(ev, base["lr"])
+    labels = P._recipes(ev, base["lr"], base["lambda_gain"])
     assert labels[0] == labels[2] == "v + Min-SNR" and labels[1] == f"v + Min-SNR, lr {2 * base['lr']:g}"
-    table = P.convergence_table(ev, steps=(2000,), base_lr=base["lr"])
+    table = P.convergence_table(ev, steps=(2000,), base_lr=base["lr"], base_gain=base["lambda_gain"])
     assert f"| LλMI | v + Min-SNR, lr {2 * base['lr']:g} | 2000 | 0.050 |" in table
     assert "| LλMI | v + Min-SNR | 2000 | 0.050 |" in table  # a and c: mean 0.05, the probe apart
     wide = runs.assign(unet_overrides=['', '{"widths":[36,72]}', np.nan], train_lr=base["lr"])
     assert set(P.with_recipe(wide, "dev")["run_id"]) == {"a", "c"}  # an architecture variant is not the arm's row
     only_wide = wide.assign(unet_overrides='{"widths":[36,72]}')
     assert set(P.with_recipe(only_wide, "dev")["run_id"]) == {"a", "b", "c"}  # unless it is all there is
-    assert P._recipes(wide.assign(step=2000), base["lr"])[1] == "v + Min-SNR, widths [36, 72]"
+    assert P._recipes(wide.assign(step=2000), base["lr"], base["lambda_gain"])[1] == "v + Min-SNR, widths [36, 72]"
+
+
+def test_a_lambda_arm_without_the_presets_gain_is_a_probe_and_others_are_untouched():
+    """The dev preset gives the lambda layers an output gain (model.lambda_gain): an arm with lambda
+    layers trained without it (or with another) is a labelled probe, not the arm's study row; an arm
+    without lambda layers records no gain and stays a study row."""
+    from lambda_blocks import plotting as P
+
+    base = P.preset_recipe("dev")
+    assert base["lambda_gain"] is not None
+    assert P.lambda_arm("lmi") and P.lambda_arm("local_lambda") and P.lambda_arm("interactive_lambda")
+    assert not P.lambda_arm("linear") and not P.lambda_arm("vanilla") and not P.lambda_arm("swap_ffn")
+    assert not P.lambda_arm("moebius_paper")  # the authors' layers: no gain reaches them
+    assert not P.lambda_arm("biharmonic") and not P.lambda_arm(np.nan)
+    gains = [base["lambda_gain"], np.nan, 0.2, np.nan, "", base["lambda_gain"]]
+    runs = pd.DataFrame({"run_id": list("abcdef"), "arm": ["lmi"] * 3 + ["linear", "linear", "local_lambda"],
+                         "prediction": "v", "loss_weighting": "min_snr", "train_decay_steps": 0,
+                         "train_steps": base["steps"], "train_lr": base["lr"], "lambda_gain": gains})
+    assert set(P.with_recipe(runs, "dev")["run_id"]) == {"a", "d", "e", "f"}
+    labels = P._recipes(runs, base["lr"], base["lambda_gain"])
+    assert labels == ["v + Min-SNR", "v + Min-SNR, no λ gain", "v + Min-SNR, λ gain 0.2", "v + Min-SNR",
+                      "v + Min-SNR", "v + Min-SNR"]
+    table = P.convergence_table(runs.assign(step=500, seed=0, lpips=[0.05, 0.06, 0.07, 0.05, 0.05, 0.08], n=32),
+                                steps=(500,), base_lr=base["lr"], base_gain=base["lambda_gain"])
+    assert "| LλMI | v + Min-SNR, no λ gain | 500 | 0.060 |" in table and "| LλMI | v + Min-SNR | 500 | 0.050 |" in table
 
 
 def test_collected_csvs_keep_whole_numbers_exact_next_to_unfinished_runs(tmp_path):

@@ -226,3 +226,50 @@ def test_interactive_fourier_equals_the_formed_position_lambda(dim_u):
     y = torch.einsum("bhkn,bkvn->bhvn", q, lam_p + lam_c[..., None])
     want = rearrange(y, "b h v (x y) -> b (h v) x y", x=5)
     torch.testing.assert_close(m(x, ctx), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["local_lambda", "interactive_lambda", "lmi"])
+def test_layer_scale_is_a_learned_per_channel_gain_and_nothing_else(name):
+    """``layer_scale=s``: the same layer (same draws of every other weight) times a per-channel gain
+    that starts at s and learns; None adds no parameter (the paper's layer, old checkpoints load)."""
+    plain, scaled = build(name), build(name, layer_scale=0.05)
+    assert set(scaled.state_dict()) - set(plain.state_dict()) == {
+        k for k in scaled.state_dict() if k.endswith("gain.weight")} != set()
+    assert not any(k.endswith("gain.weight") for k in plain.state_dict())
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, DIM, 8, 6)
+    ctx = context_for(plain, 2)
+    if name == "lmi":  # the gain sits inside the block's residual sums: compare each lambda layer
+        blk_p, blk_s = plain.block, scaled.block
+        h = torch.randn(2, DIM, 8, 6)
+        torch.testing.assert_close(blk_s.self_mixer(h), 0.05 * blk_p.self_mixer(h))
+        torch.testing.assert_close(blk_s.cross_mixer(h, ctx), 0.05 * blk_p.cross_mixer(h, ctx))
+    else:
+        torch.testing.assert_close(scaled(x, ctx), 0.05 * plain(x, ctx))
+    gain = next(p for n, p in scaled.named_parameters() if n.endswith("gain.weight"))
+    assert gain.shape == (DIM,)
+    scaled(x, ctx).square().sum().backward()
+    assert gain.grad is not None and gain.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, float("nan"), True, "0.1"])
+def test_layer_scale_rejects_what_is_not_a_positive_number(bad):
+    for name in ("local_lambda", "interactive_lambda"):
+        with pytest.raises(ValueError, match="layer_scale"):
+            build(name, layer_scale=bad)
+
+
+def test_without_a_gain_a_lambda_branch_starts_far_larger_than_an_attention_branch():
+    """Why the gain exists: a lambda layer sums k products of unit-variance queries and lambdas and
+    has no output projection, so on LayerNormed tokens its output starts ~20x an attention's; with
+    ``layer_scale=0.05`` it starts within the attentions' range."""
+    torch.manual_seed(1)
+    x = torch.nn.functional.layer_norm(torch.randn(4, DIM, 16, 16).transpose(1, 3), (DIM,)).transpose(1, 3)
+    ctx = torch.randn(4, 16, DIM)
+    with torch.no_grad():
+        attn = [float(build(n)(x, ctx if build(n).requires_context else None).std()) for n in ("vanilla", "linear")]
+        lam = {n: [float(build(n, layer_scale=s)(x, ctx if n == "interactive_lambda" else None).std())
+                   for s in (None, 0.05)] for n in ("local_lambda", "interactive_lambda")}
+    for n, (raw, gained) in lam.items():
+        assert raw > 10 * max(attn), (n, raw, attn)
+        assert min(attn) / 3 < gained < 3 * max(attn), (n, gained, attn)

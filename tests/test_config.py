@@ -249,3 +249,28 @@ def test_tune_allocator_on_this_libc():
         pytest.skip("not glibc")
     state = runtime.tune_allocator()
     assert state["tuned"] or "LAMBDA_BLOCKS_TUNE_MALLOC" in state["reason"] or "environment" in state["reason"]
+
+
+def test_lambda_gain_is_one_key_that_keeps_old_hashes_and_is_dropped_where_it_does_nothing():
+    """``model.lambda_gain`` (also ``unet.lambda_gain`` / ``lambda_gain``) is the presets' recipe; at
+    None it leaves the hash of every run recorded before it; for an arm without lambda layers it is
+    dropped, so that arm keeps its one run; a bad value names the key before any work."""
+    from lambda_blocks.config import PRESETS
+
+    assert {PRESETS[p]["model.lambda_gain"] for p in ("smoke", "dev", "paper")} == {0.05}
+    lmi = resolve("dev", arm="lmi")
+    assert lmi.model.lambda_gain == 0.05 and lmi.unet_config().lambda_gain == 0.05
+    legacy = resolve("dev", arm="lmi", overrides={"model.lambda_gain": None})
+    d = legacy.to_dict()
+    del d["model"]["lambda_gain"]  # a config.json written before the field existed
+    assert ExpCfg.from_dict(d) == legacy and config_hash(d) == config_hash(legacy) != config_hash(lmi)
+    for key in ("unet.lambda_gain", "model.lambda_gain", "lambda_gain"):
+        assert resolve("dev", arm="lmi", overrides={key: 0.2}).model.lambda_gain == 0.2
+    lin = resolve("dev", arm="linear")
+    assert lin.model.lambda_gain is None
+    assert config_hash(lin) == config_hash(resolve("dev", arm="linear", overrides={"model.lambda_gain": None}))
+    assert resolve("dev", arm="moebius_paper").model.lambda_gain is None  # the authors' layers take none
+    with pytest.raises(ValueError, match="lambda_gain"):
+        resolve("dev", arm="lmi", overrides={"model.lambda_gain": -1})
+    with pytest.raises(TypeError, match="model.lambda_gain"):
+        resolve("dev", arm="lmi", overrides={"model.lambda_gain": "big"})

@@ -208,3 +208,34 @@ def test_moebius_paper_is_the_authors_configuration():
     assert latent.unet_config().table_size == latent.work_size == 64 // latent.ae_config().factor
     with pytest.raises(ValueError, match="table_size"):
         unet_config("moebius_paper", "tiny")  # no run, no size: a clear error, not a guess
+
+
+def test_lambda_gain_reaches_every_lambda_mixer_and_nothing_else():
+    """``lambda_gain`` becomes each lambda mixer's ``layer_scale`` (per level too); a mixer's own
+    ``layer_scale`` wins; an arm without lambda mixers builds the same network with or without it."""
+    from lambda_blocks.layers.lambda_layers import InteractiveLambda, LocalLambda, _LayerScale
+
+    def gains(net):
+        return {n: round(float(m.gain.weight[0].detach()), 6) if isinstance(m.gain, _LayerScale) else None
+                for n, m in net.named_modules() if isinstance(m, (LocalLambda, InteractiveLambda))}
+
+    g = gains(build_unet("lmi", "tiny", lambda_gain=0.05))
+    assert len(g) == 12 and set(g.values()) == {0.05}  # 6 mixing blocks, 2 lambda layers each
+    assert set(gains(build_unet("lmi", "tiny")).values()) == {None}
+    assert unet_config("lmi", "tiny", lambda_gain=0.05).uses_lambda_gain
+    for arm in ("linear", "vanilla", "swap_ffn", "swap_conv", "moebius_paper"):
+        cfg = unet_config(arm, "tiny", lambda_gain=0.05, **({"table_size": 32} if arm == "moebius_paper" else {}))
+        assert not cfg.uses_lambda_gain, arm
+        torch.manual_seed(0)
+        a = InpaintUNet(cfg).state_dict()
+        torch.manual_seed(0)
+        b = InpaintUNet(dataclasses.replace(cfg, lambda_gain=None)).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), arm
+    mixed = unet_config("linear", "tiny", self_mixer=("local_lambda", "linear"), lambda_gain=0.1)
+    lvl0 = gains(InpaintUNet(mixed))  # Local-λ at level 0 only (3 mixing blocks there), linear at level 1
+    assert mixed.uses_lambda_gain and len(lvl0) == 3 and set(lvl0.values()) == {0.1}
+    own = gains(build_unet("lmi", "tiny", lambda_gain=0.05, self_kwargs={"layer_scale": 0.3}))
+    assert {v for k, v in own.items() if "self_mixer" in k} == {0.3} and {v for k, v in own.items() if "cross" in k} == {0.05}
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="lambda_gain"):
+            unet_config("lmi", "tiny", lambda_gain=bad)
