@@ -27,6 +27,25 @@ __all__ = ["WEIGHTS_DIR", "CorruptCheckpoint", "available", "load_pretrained", "
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _METRICS = ("lpips", "lpips_hole", "psnr", "psnr_hole", "ssim", "fid", "kid", "n_eval_images")
+# the study's target (issue "Models that inpaint"): better than these fills on these metrics
+TARGET_FLOORS, TARGET_METRICS = ("biharmonic", "telea"), ("fid", "kid", "lpips")
+_LOWER_IS_BETTER = {"lpips", "lpips_hole", "fid", "kid"}
+
+
+def versus_floor(metrics: dict, floor: dict) -> dict:
+    """{metric: {fill: True when the model is better}} for every metric both have, and ``target``:
+    whether it beats biharmonic and Telea on FID, KID and LPIPS (None when one of those is missing)."""
+    out: dict = {}
+    for m, val in metrics.items():
+        if m == "n_eval_images" or val is None or val != val:
+            continue
+        row = {name: (val < f[m]) if m in _LOWER_IS_BETTER else (val > f[m])
+               for name, f in floor.items() if m in f and f[m] == f[m]}
+        if row:
+            out[m] = {k: bool(v) for k, v in sorted(row.items())}
+    need = [(m, f) for m in TARGET_METRICS for f in TARGET_FLOORS]
+    out["target"] = all(out[m][f] for m, f in need) if all(f in out.get(m, {}) for m, f in need) else None
+    return out
 
 
 class CorruptCheckpoint(ValueError):
@@ -98,6 +117,7 @@ def export(run_dir: str | Path, name: str, root: Path | str = WEIGHTS_DIR, floor
         "name": name, "source_run": paths.dir.name, "config_hash": summary["config_hash"], "config": config,
         "metrics": {m: summary.get(m) for m in _METRICS}, "steps": summary.get("steps"),
         "params": summary.get("params"), "macs": summary.get("macs"), "classical_floor": floor,
+        "versus_floor": versus_floor({m: summary.get(m) for m in _METRICS}, floor),
         "versions": ck.get("versions"), "weights_sha256": _sha256(root / f"{name}.pt"),
         "note": "EMA weights of a dev-preset run on 32x32 crops of the embedded data; compare its metrics "
                 "with classical_floor (the same test problems) before trusting a fill.",
@@ -127,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
         m = card["metrics"]
         floor = "; ".join(f"{k} LPIPS {v.get('lpips', float('nan')):.3f}" for k, v in card.get("classical_floor", {}).items())
+        verdict = versus_floor(m, card.get("classical_floor", {}))["target"]
+        beats = {True: "beats", False: "does not beat", None: "not compared with"}[verdict]
         print(f"{name}: {card['source_run']}, {card['params']:,} params, LPIPS {m['lpips']:.3f}, FID {m['fid']:.1f}"
-              + (f" (floor: {floor})" if floor else ""))
+              + (f" (floor: {floor})" if floor else "")
+              + f"; {beats} biharmonic and Telea on FID, KID and LPIPS")
     return 0
 
 

@@ -101,3 +101,17 @@ def test_bad_inputs_are_one_clear_line(tmp_path, case):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and want in lines[0], r.stderr
     assert not out.exists()  # never a half-written result
+
+
+def test_versus_floor_says_per_metric_and_fill_whether_the_model_is_better():
+    floor = {"biharmonic": {"lpips": 0.018, "fid": 106.0, "kid": -0.004, "psnr": 28.5},
+             "telea": {"lpips": 0.017, "fid": 120.7, "kid": 0.001, "psnr": 27.0}}
+    good = PT.versus_floor({"lpips": 0.015, "fid": 101.0, "kid": -0.008, "psnr": 25.0, "n_eval_images": 32}, floor)
+    assert good["target"] is True and good["psnr"] == {"biharmonic": False, "telea": False}  # PSNR: higher is better
+    close = PT.versus_floor({"lpips": 0.015, "fid": 111.0, "kid": -0.006}, floor)
+    assert close["target"] is False and close["fid"] == {"biharmonic": False, "telea": True}
+    assert PT.versus_floor({"lpips": 0.015}, floor)["target"] is None  # FID / KID not measured: no verdict
+    card = json.loads((PT.WEIGHTS_DIR / "lmi-dev-tiny.json").read_text())
+    shipped = PT.versus_floor(card["metrics"], card["classical_floor"])
+    if "versus_floor" in card:  # the card's own verdict is the one its numbers give
+        assert card["versus_floor"] == json.loads(json.dumps(shipped))
