@@ -113,3 +113,7 @@ def test_walkthrough_notebook(tmp_path, monkeypatch):
     assert any(p.suffix == ".png" for p in (tmp_path / "walk").iterdir())
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+    text = "\n".join(o.get("data", {}).get("text/plain", "") if o.get("output_type") != "stream" else o.get("text", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "output std at init" in text  # section 2d measured the mixers' branch scale
+    assert "beats biharmonic and Telea on FID, KID and LPIPS:" in text  # section 6 prints the card's verdict
