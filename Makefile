@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
 
-.PHONY: venv study demo test test-slow test-browser web web-serve figures docs profile bench-unet gpu-check clean-runs
+.PHONY: venv study demo test test-slow test-browser web web-serve figures readme docs profile bench-unet gpu-check clean-runs
 venv: $(STAMP)
 
 study: $(STAMP)
@@ -53,6 +53,9 @@ test-browser: $(STAMP) $(WEB_NODE)
 
 figures: $(STAMP)
 	$(PY) -m ablations figures
+
+readme: $(STAMP)
+	$(PY) -m ablations.readme
 
 docs: $(STAMP)
 	$(PY) docs/render.py

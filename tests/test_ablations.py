@@ -224,6 +224,18 @@ def test_readme_tables_are_the_generated_ones():
         assert rows and not missing, f"README is out of date with results/{bench.name}: {missing[:2]}"
 
 
+def test_readme_sync_replaces_each_quoted_table_by_its_generated_rows(tmp_path):
+    from ablations.readme import sync
+
+    gen = tmp_path / "t.md"
+    gen.write_text("| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nCaption.\n\n| x |\n|---|\n| 9 |\n")
+    readme = "intro\n\n| a | b |\n|---|---|\n| 1 | 0 |\n\nprose\n"
+    new, replaced, missing = sync(readme, [gen])
+    assert new == "intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nprose\n"
+    assert replaced == ["t.md"] and len(missing) == 1 and "| x |" in missing[0]  # not inserted: reported
+    assert sync(new, [gen])[0] == new  # idempotent
+
+
 def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path):
     """A cool-down run that started from a finished constant-LR run carries its curve as its first
     part: collect keeps each evaluation once (in the run that made it), the run rows say the

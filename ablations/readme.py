@@ -1,0 +1,78 @@
+"""Re-quote the generated tables in the README (``make readme``, after ``make figures``).
+
+Each Markdown table that ``make figures`` (``paper_assets/<preset>/*.md``) or a benchmark
+(``results/*.md``) writes is quoted verbatim in the README; tests/test_ablations.py fails when a
+quoted row differs. This replaces, for every generated table, the README's table with the same
+header line by the file's rows, so nobody copies numbers by hand. A generated table whose header
+the README does not have is reported, not inserted (where it goes is a writing decision).
+
+    python -m ablations.readme [--preset dev] [--check]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tables(path: Path) -> list[list[str]]:
+    """The Markdown tables of a file: runs of consecutive lines starting with '|'."""
+    out, cur = [], []
+    for ln in path.read_text().splitlines():
+        if ln.startswith("|"):
+            cur.append(ln)
+        elif cur:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def sync(readme: str, sources: list[Path]) -> tuple[str, list[str], list[str]]:
+    """(new README text, tables replaced, tables whose header the README lacks)."""
+    lines = readme.splitlines()
+    replaced, missing = [], []
+    for src in sources:
+        for table in _tables(src):
+            head = table[0]
+            starts = [i for i, ln in enumerate(lines) if ln == head]
+            if not starts:
+                missing.append(f"{src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}: {head[:60]}")
+                continue
+            for i in reversed(starts):  # every quote of this table
+                j = i
+                while j < len(lines) and lines[j].startswith("|"):
+                    j += 1
+                lines[i:j] = table
+            replaced.append(str(src.name))
+    return "\n".join(lines) + ("\n" if readme.endswith("\n") else ""), replaced, missing
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ablations.readme", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="dev")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not current; write nothing")
+    args = ap.parse_args(argv)
+    from lambda_blocks.records import atomic_write_text
+
+    readme_path = ROOT / "README.md"
+    sources = sorted((ROOT / "paper_assets" / args.preset).glob("*.md")) + sorted((ROOT / "results").glob("*.md"))
+    old = readme_path.read_text()
+    new, replaced, missing = sync(old, sources)
+    for m in missing:
+        print(f"not quoted in the README: {m}", file=sys.stderr)
+    if args.check:
+        print("README current" if new == old else "README out of date: run python -m ablations.readme")
+        return 0 if new == old else 1
+    if new != old:
+        atomic_write_text(readme_path, new)
+    print(f"README: {len(replaced)} table(s) re-quoted" + (" (changed)" if new != old else " (unchanged)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
