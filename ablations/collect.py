@@ -16,6 +16,7 @@ Autoencoder run folders (``ae-*``) are not training runs and are left out. ``tag
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -80,6 +81,25 @@ def _drop_copied_evals(ev: pd.DataFrame) -> pd.DataFrame:
     return ev.drop_duplicates(subset=[k for k in key if k in ev], keep="first").sort_index()
 
 
+def _effective_gain(config: dict):
+    """The output gain the run's lambda mixers started at: ``model.lambda_gain``, or the one
+    ``layer_scale`` its mixer kwargs give them all (a probe set through ``unet.self_kwargs``);
+    None when they have none (the paper's layers) or when the run has no lambda mixer."""
+    from lambda_blocks.config import ExpCfg
+    from lambda_blocks.layers.common import get_attention_class
+
+    try:
+        ucfg = ExpCfg.from_dict(config).unet_config()
+    except (ValueError, TypeError, KeyError):
+        return (config.get("model") or {}).get("lambda_gain")
+    scales = set()
+    for lv in ucfg.mix_levels:
+        for name, kw in zip(ucfg.mixer_at(lv), ucfg.mixer_kwargs(lv)):
+            if name != "none" and "layer_scale" in inspect.signature(get_attention_class(name)).parameters:
+                scales.add(kw.get("layer_scale"))
+    return scales.pop() if len(scales) == 1 else None
+
+
 def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse") -> dict[str, pd.DataFrame]:
     """Collect ``runs_root`` into ``results_dir``.
 
@@ -121,7 +141,7 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                        train_steps=tr.get("steps"), train_decay_steps=tr.get("decay_steps", 0))
             unet_over = (config.get("model") or {}).get("unet") or {}
             row["unet_overrides"] = json.dumps(unet_over, sort_keys=True, separators=(",", ":")) if unet_over else ""
-            row["lambda_gain"] = (config.get("model") or {}).get("lambda_gain")
+            row["lambda_gain"] = _effective_gain(config)
         lat, kdc = config.get("latent") or {}, config.get("kd") or {}
         row["space"] = lat.get("space", "pixel") if config else params.get("space")
         row["kd"] = bool(kdc.get("enabled", False)) if config else params.get("kd")

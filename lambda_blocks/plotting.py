@@ -744,6 +744,11 @@ def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base
     a = ""
     if not _missing(unet) and str(unet) not in ("", "{}"):
         over = json.loads(unet) if isinstance(unet, str) else dict(unet)
+        for key in ("self_kwargs", "cross_kwargs"):  # a layer_scale there is the λ gain, said below
+            if isinstance(over.get(key), dict) and "layer_scale" in over[key]:
+                over[key] = {k: v for k, v in over[key].items() if k != "layer_scale"}
+                if not over[key]:
+                    del over[key]
         a = "".join(f", {k} {json.dumps(v, separators=(', ', ': '))}" for k, v in sorted(over.items()))
     g = ""
     if lambda_layers and not _same_gain(gain, base_gain):
@@ -780,8 +785,10 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
         for (arm, recipe), grp in ev.groupby(["arm", "recipe"], sort=True):
             curve = grp.groupby("step")[col].mean()
             cool = "cool-down" in recipe
-            ax.plot(curve.index, curve.values, marker="s" if cool else "o", ms=2.5 if cool else 2, lw=1, color=color(arm),
-                    ls=(0, (4, 1.5)) if cool else styles.get(recipe, (0, (1, 1))),  # a probe (lr, widths): dotted
+            probe = cool or recipe not in styles  # a cool-down, another lr / architecture / λ gain: faded
+            ax.plot(curve.index, curve.values, marker="s" if cool else "o", ms=2.5 if cool else (1.2 if probe else 2),
+                    lw=1, color=color(arm), alpha=0.45 if probe else 1.0,
+                    ls=(0, (4, 1.5)) if cool else styles.get(recipe, (0, (1, 1))),  # a probe: dotted
                     label=f"{label(arm).split(' (=')[0]}, {recipe}")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training step")

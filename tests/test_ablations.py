@@ -313,6 +313,8 @@ def test_a_lambda_arm_without_the_presets_gain_is_a_probe_and_others_are_untouch
     labels = P._recipes(runs, base["lr"], base["lambda_gain"])
     assert labels == ["v + Min-SNR", "v + Min-SNR, no λ gain", "v + Min-SNR, λ gain 0.2", "v + Min-SNR",
                       "v + Min-SNR", "v + Min-SNR"]
+    via_kwargs = runs.iloc[[2]].assign(unet_overrides='{"cross_kwargs":{"layer_scale":0.2},"self_kwargs":{"layer_scale":0.2}}')
+    assert P._recipes(via_kwargs, base["lr"], base["lambda_gain"]) == ["v + Min-SNR, λ gain 0.2"]  # said once
     table = P.convergence_table(runs.assign(step=500, seed=0, lpips=[0.05, 0.06, 0.07, 0.05, 0.05, 0.08], n=32),
                                 steps=(500,), base_lr=base["lr"], base_gain=base["lambda_gain"])
     assert "| LλMI | v + Min-SNR, no λ gain | 500 | 0.060 |" in table and "| LλMI | v + Min-SNR | 500 | 0.050 |" in table
@@ -397,3 +399,15 @@ def test_equal_compute_arm_is_its_own_kd_table_row():
     assert set(lines) == {"no", "yes (adaptive)", "no, 642 steps (equal compute)"}
     assert "0.300 ±" in lines["no"] and "0.251 ±" in lines["no, 642 steps (equal compute)"] and "0.201 ±" in lines["yes (adaptive)"]
     assert "| teacher | Softmax attn | base | no |" in md  # the teacher's own budget is not relabelled
+
+
+def test_collect_records_the_gain_the_lambda_mixers_started_at():
+    from ablations.collect import _effective_gain
+    from lambda_blocks.config import resolve
+
+    assert _effective_gain(resolve("dev", arm="lmi").to_dict()) == 0.05
+    assert _effective_gain(resolve("dev", arm="lmi", overrides={"model.lambda_gain": None}).to_dict()) is None
+    probe = resolve("dev", arm="lmi", overrides={"model.lambda_gain": None, "unet.self_kwargs": {"layer_scale": 0.2},
+                                                "unet.cross_kwargs": {"layer_scale": 0.2}})
+    assert _effective_gain(probe.to_dict()) == 0.2
+    assert _effective_gain(resolve("dev", arm="linear").to_dict()) is None
