@@ -32,22 +32,30 @@ def _tables(path: Path) -> list[list[str]]:
 
 
 def sync(readme: str, sources: list[Path]) -> tuple[str, list[str], list[str]]:
-    """(new README text, tables replaced, tables whose header the README lacks)."""
+    """(new README text, tables replaced, tables whose header the README lacks).
+
+    Tables with the same header line (one benchmark on two machines) are told apart by content:
+    each quote is replaced by the generated table that shares the most lines with it."""
     lines = readme.splitlines()
+    tables = [(src, t) for src in sources for t in _tables(src)]
     replaced, missing = [], []
-    for src in sources:
-        for table in _tables(src):
-            head = table[0]
-            starts = [i for i, ln in enumerate(lines) if ln == head]
-            if not starts:
-                missing.append(f"{src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}: {head[:60]}")
-                continue
-            for i in reversed(starts):  # every quote of this table
-                j = i
-                while j < len(lines) and lines[j].startswith("|"):
-                    j += 1
-                lines[i:j] = table
-            replaced.append(str(src.name))
+    for src, table in tables:
+        if table[0] not in lines:
+            missing.append(f"{src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}: {table[0][:60]}")
+    i = 0
+    while i < len(lines):
+        cands = [(src, t) for src, t in tables if t[0] == lines[i]]
+        if not cands or (i > 0 and lines[i - 1].startswith("|")):
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        quote = set(lines[i:j])
+        src, table = max(cands, key=lambda c: len(quote & set(c[1])))  # first of the best on a tie
+        lines[i:j] = table
+        replaced.append(src.name)
+        i += len(table)
     return "\n".join(lines) + ("\n" if readme.endswith("\n") else ""), replaced, missing
 
 

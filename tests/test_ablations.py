@@ -234,6 +234,12 @@ def test_readme_sync_replaces_each_quoted_table_by_its_generated_rows(tmp_path):
     assert new == "intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nprose\n"
     assert replaced == ["t.md"] and len(missing) == 1 and "| x |" in missing[0]  # not inserted: reported
     assert sync(new, [gen])[0] == new  # idempotent
+    a, b = tmp_path / "intel.md", tmp_path / "amd.md"
+    a.write_text("| m | ms |\n|---|---|\n| fwd | 40 |\n| step | 900 |\n")
+    b.write_text("| m | ms |\n|---|---|\n| fwd | 20 |\n| step | 500 |\n")
+    two = "| m | ms |\n|---|---|\n| fwd | 41 |\n| step | 900 |\n\ntext\n\n| m | ms |\n|---|---|\n| fwd | 20 |\n| step | 501 |\n"
+    out = sync(two, [a, b])[0]  # same header, two machines: each quote takes the table it shares most with
+    assert out == a.read_text() + "\ntext\n\n" + b.read_text()
 
 
 def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path):
