@@ -111,7 +111,8 @@ def fixture_results(tmp_path: Path) -> Path:
                          image_size=32, params=params, macs=params * 100, psnr=20 + rng.normal(), ssim=0.6,
                          lpips=0.2 + 0.01 * rng.normal(), lpips_hole=0.25, kid=0.01, fid=50.0, n_eval_images=16,
                          smoothness_gap=0.3 + 0.1 * rng.normal(), hardware="cpu-test", kind="model", prediction="v",
-                         loss_weighting="min_snr", space="pixel")
+                         loss_weighting="min_snr", space="pixel",
+                         lambda_gain=0.05 if arm in ("local_lambda", "lmi") else None)  # the dev preset's gain
                 add(r, -0.01 if arm == "lmi" else 0.0)
                 curves += [dict(run_id=r["run_id"], arm=arm, size=size, seed=seed, step=s, loss=1 / (s + 1)) for s in range(0, 50, 5)]
                 if size == "tiny":
