@@ -177,7 +177,8 @@ STEP_DOCS = {  # step -> (formula, meaning); the order is the order of the compu
 def walkthrough(m: LocalLambda, x: torch.Tensor, content: bool = True, position: bool = True) -> dict[str, torch.Tensor]:
     """Run Local-λ one step at a time and return every intermediate tensor (see `STEP_DOCS`).
 
-    Like the module, ``y`` applies the summed lambda λ_n = λc + λp_n to the queries once.
+    Like the module, ``y`` applies the summed lambda λ_n = λc + λp_n to the queries once (then the
+    layer's output gain, when it has one; ``y_content`` / ``y_position`` are before the gain).
     ``y_content`` and ``y_position`` are the two terms applied separately, and
     y = y_content + y_position because λ_n is linear. Setting ``content=False`` or
     ``position=False`` drops that term from ``lambda`` and ``y``; every other tensor is still
@@ -205,7 +206,7 @@ def walkthrough(m: LocalLambda, x: torch.Tensor, content: bool = True, position:
         lam = lam + s["position_lambda"]
     s["lambda"] = lam
     y = torch.einsum("bhkn,bkvn->bhvn", s["q"], lam)
-    s["y"] = rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww)
+    s["y"] = m.gain(rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww))  # the output gain: identity without one
     return s
 
 
@@ -332,7 +333,8 @@ def implied_attention(m, x: torch.Tensor) -> dict[str, torch.Tensor]:
       plus offset[b,h,v,n] = q_n · b (the position bias; it does not multiply any value).
 
     The returned ``y`` is rebuilt from these matrices only (plus the output projection for the
-    attention variants), so comparing it with ``m(x)`` checks them.
+    attention variants and the per-channel output gain of a lambda layer that has one), so comparing
+    it with ``m(x)`` checks them.
     """
     b, _, hh, ww = x.shape
     n = hh * ww
@@ -367,7 +369,7 @@ def implied_attention(m, x: torch.Tensor) -> dict[str, torch.Tensor]:
         bias = m.pos_bias if m.pos_bias is not None else torch.zeros(m.dim_k, dtype=x.dtype)
         offset = torch.einsum("bhkn,k->bhn", q, bias)[:, :, None, :].expand(b, m.heads, m.dim_v, n)
         y = torch.einsum("bhunm,buvm->bhvn", content + position, v) + offset
-        y = rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww)
+        y = m.gain(rearrange(y, "b h v (x y) -> b (h v) x y", x=hh, y=ww))  # per-channel output gain, if any
         return dict(content=content, position=position, offset=offset, values=v, y=y)
     raise TypeError(f"implied_attention supports vanilla, linear and local_lambda, got {type(m).__name__}")
 

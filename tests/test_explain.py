@@ -176,10 +176,16 @@ def test_window_mask_clips_at_the_border():
         ("linear", dict(heads=4, feature_map="relu")),
         ("local_lambda", dict(heads=4, r=5)),
         ("local_lambda", dict(heads=2, dim_u=2, r=3, pos_bias=False)),
+        ("local_lambda", dict(heads=4, r=5, layer_scale=0.05)),  # a trained gain: one value per channel
     ],
 )
 def test_implied_attention_rebuilds_the_module(name, kw):
     m = E.build(name, 16, 0, **kw)
+    if "layer_scale" in kw:
+        with torch.no_grad():
+            m.gain.weight.copy_(torch.linspace(0.01, 2.0, 16, dtype=m.gain.weight.dtype))
+            torch.testing.assert_close(E.walkthrough(m, E.make_input(16, 5, 6, 3, batch=2))["y"],
+                                       m(E.make_input(16, 5, 6, 3, batch=2)), atol=1e-10, rtol=0)
     x = E.make_input(16, 5, 6, 3, batch=2)
     out = E.implied_attention(m, x)
     with torch.no_grad():

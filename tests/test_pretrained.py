@@ -113,5 +113,4 @@ def test_versus_floor_says_per_metric_and_fill_whether_the_model_is_better():
     assert PT.versus_floor({"lpips": 0.015}, floor)["target"] is None  # FID / KID not measured: no verdict
     card = json.loads((PT.WEIGHTS_DIR / "lmi-dev-tiny.json").read_text())
     shipped = PT.versus_floor(card["metrics"], card["classical_floor"])
-    if "versus_floor" in card:  # the card's own verdict is the one its numbers give
-        assert card["versus_floor"] == json.loads(json.dumps(shipped))
+    assert card["versus_floor"] == json.loads(json.dumps(shipped))  # the card's verdict is the one its numbers give
