@@ -255,12 +255,14 @@ def test_two_rank_distillation_matches_accumulation(study, tmp_path):
 def test_w_c_sits_at_its_clamp_only_at_step_one_and_only_with_the_zero_init(study, tmp_path):
     """The conv_out init decides w_C at step 0 (issue: KD that does not hinge on an init accident).
     Zero-initialised conv_out (ours): the task gradient at the feature anchor is exactly 0 at the
-    first step, so w_C = clamp_f; from the second step on it is a ratio of measured norms. The
-    authors' default init (``unet.zero_init_out=false``): below the clamp from the first step."""
+    first step, so w_C = G_f(ckd) / eps_f there (clamped at clamp_f): a number set by eps_f, not by
+    a ratio of gradients; from the second step on it is a ratio of measured norms. The authors'
+    default init (``unet.zero_init_out=false``): a ratio of measured norms from the first step."""
     root, student, _ = study
-    clamp = K.KDWeights().clamp_f
+    clamp, eps = K.KDWeights().clamp_f, K.KDWeights().eps_f
     zero = [r for r in records.read_jsonl(student / "metrics.jsonl") if r["kind"] == "kd"]
-    assert zero[0]["step"] == 1 and zero[0]["w_c"] == clamp and zero[0]["gnorm_task@f"] == 0.0
+    assert zero[0]["step"] == 1 and zero[0]["gnorm_task@f"] == 0.0
+    assert zero[0]["w_c"] == pytest.approx(min(clamp, zero[0]["gnorm_ckd@f"] / eps), rel=1e-5)
     assert all(0 < r["w_c"] < clamp and r["gnorm_task@f"] > 0 for r in zero[1:])
     _copy_shared(root, tmp_path, student)
     out = run(kd_cfg(**{"unet.zero_init_out": False, "train.steps": 2}), tmp_path, progress=False)

@@ -159,7 +159,8 @@ def test_new_fields_at_their_defaults_keep_old_run_names():
         "diffusion.prediction": "eps", "diffusion.loss_weighting": "none", "train.steps": 200, "train.batch_size": 8,
         "train.lr": 2e-3, "train.warmup": 20, "train.ema_decay": 0.99, "train.eval_every": 50,
         "train.ckpt_every": 50, "train.log_every": 5, "train.sample_steps": 5, "eval.ddim_steps": 10,
-        "eval.spacing": "leading", "eval.periodic_n": 8, "eval.periodic_full": False})
+        "eval.spacing": "leading", "eval.periodic_n": 8, "eval.periodic_full": False,
+        "model.lambda_gain": None})  # before the lambda gain
     assert old.run_name == "lmi-dev-tiny-s0-010affe967"
     assert resolve("dev", arm="lmi").run_name != old.run_name
 

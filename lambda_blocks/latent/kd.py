@@ -33,15 +33,16 @@ Adaptive weights, with G_X(L) = ||dL/d theta_X||_F (all detached):
 ``L_total = lam_KD * L_CKD + w_C * (lam_task * L_task + lam_KD * w_FKD * L_FKD + lam_lp * w_lp * L_lp)``
 
 The output init and w_C. Our U-Net zero-initialises ``conv_out`` (``UNetConfig.zero_init_out``);
-then at the first step the task gradient at the feature anchor is exactly 0 and w_C = 1e4 (the
-clamp), for that step only: from the second step it is a ratio of measured norms. Measured on the
-smoke KD pipeline (``python -m lambda_blocks.latent.distill --preset smoke --attn moebius``, 40
-steps): zero init w_C = 1e4, 261, 158, 89, 61, 43, 22, 16 over steps 1-8, then 40-370 over steps
+then at the first step the task gradient at the feature anchor is exactly 0 and w_C =
+G_f(L_CKD) / 1e-4 (at most the clamp, 1e4), for that step only: a number set by the epsilon, not a
+ratio of gradients. From the second step it is a ratio of measured norms. Measured on the smoke KD
+pipeline before the lambda gain (``python -m lambda_blocks.latent.distill --preset smoke --attn
+moebius``, 40 steps; with the gain the first step's value is 2.8e3, below the clamp): zero init w_C = 1e4, 261, 158, 89, 61, 43, 22, 16 over steps 1-8, then 40-370 over steps
 10-40; the authors' default init (``--set unet.zero_init_out=false``) 5.3, 8.3, 8.6 ... 57 at step
 20 and 60-290 over steps 28-40. The two meet within a few dozen steps and the first step's update
 is bounded by gradient clipping, so we keep the zero init (the prediction starts at 0, as EDM and
-DiT do) and test the behaviour (tests/test_distill.py: at the clamp at step 1 only, and never with
-the default init); ``moebius_paper`` uses the authors' init.
+DiT do) and test the behaviour (tests/test_distill.py: set by the epsilon at step 1 only, and never
+with the default init); ``moebius_paper`` uses the authors' init.
 
 Differences from the paper's code, all forced by our setting:
 
