@@ -344,8 +344,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # shorter run of the same config instead of repeating it (train._prefix_run).
     # ``model.lambda_gain`` 0.05: a learned output gain on the lambda layers, whose residual branch
     # otherwise starts ~20x larger than an attention's (`lambda_layers._LayerScale`). Measured on
-    # lmi at 250 / 500 steps (seed 0, paper_assets/dev/lambda_gain.md): LPIPS 0.068 / 0.062 without,
-    # 0.051 / 0.049 with 0.05, 0.055 / 0.051 with 0.2 (linear: 0.053 / 0.050).
+    # lmi (paper_assets/dev/convergence.md): LPIPS at 250 / 500 / 6000 steps 0.068 / 0.061 / 0.026
+    # without (2 seeds), 0.052 / 0.047 / 0.019 with 0.05 (2 seeds), 0.055 / 0.051 with 0.2 (seed 0,
+    # 500 steps); linear 0.053 / 0.050 / 0.016.
     "dev": {
         "size": "tiny",
         "data.image_size": 32, "data.n_train": 2000, "data.n_test": 64,
