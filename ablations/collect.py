@@ -16,7 +16,6 @@ Autoencoder run folders (``ae-*``) are not training runs and are left out. ``tag
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -86,17 +85,11 @@ def _effective_gain(config: dict):
     ``layer_scale`` its mixer kwargs give them all (a probe set through ``unet.self_kwargs``);
     None when they have none (the paper's layers) or when the run has no lambda mixer."""
     from lambda_blocks.config import ExpCfg
-    from lambda_blocks.layers.common import get_attention_class
 
     try:
-        ucfg = ExpCfg.from_dict(config).unet_config()
+        scales = set(ExpCfg.from_dict(config).unet_config().lambda_layer_scales())
     except (ValueError, TypeError, KeyError):
         return (config.get("model") or {}).get("lambda_gain")
-    scales = set()
-    for lv in ucfg.mix_levels:
-        for name, kw in zip(ucfg.mixer_at(lv), ucfg.mixer_kwargs(lv)):
-            if name != "none" and "layer_scale" in inspect.signature(get_attention_class(name)).parameters:
-                scales.add(kw.get("layer_scale"))
     return scales.pop() if len(scales) == 1 else None
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from .layers.blocks import FFNS, MixBlock2d, cross_mixers, group_norm, self_mixers
 from .layers.common import RegistryView, exporting, get_attention_class, mixers
+from .layers.lambda_layers import check_layer_scale
 
 CONVS = ("dense", "depthwise")
 CONTEXTS = ("category", "image", "none")
@@ -126,9 +127,7 @@ class UNetConfig:
             raise ValueError(f"context='image' pools a g x g grid: num_tokens must be a square, got {self.num_tokens}")
         if not isinstance(self.table_size, int) or self.table_size < 0:
             raise ValueError(f"UNetConfig.table_size must be an int >= 0, got {self.table_size!r}")
-        g = self.lambda_gain
-        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0):
-            raise ValueError(f"UNetConfig.lambda_gain must be a positive number or None, got {g!r}")
+        check_layer_scale(self.lambda_gain, "UNetConfig.lambda_gain")
         if self.gn_min_channels not in (1, 2):
             raise ValueError(f"UNetConfig.gn_min_channels must be 1 (the authors') or 2 (ours), got {self.gn_min_channels!r}")
         if self.level_tables:
@@ -148,19 +147,22 @@ class UNetConfig:
         out = []
         for name, kw in zip(self.mixer_at(level), (self.self_kwargs, self.cross_kwargs)):
             kw = dict(kw)
-            if self.lambda_gain is not None and name != "none" and "layer_scale" not in kw \
-                    and "layer_scale" in inspect.signature(get_attention_class(name)).parameters:
-                kw["layer_scale"] = self.lambda_gain
+            if self.lambda_gain is not None and takes_layer_scale(name):
+                kw.setdefault("layer_scale", self.lambda_gain)
             out.append(kw)
         return out[0], out[1]
 
+    def lambda_layer_scales(self) -> list:
+        """The ``layer_scale`` every lambda mixer of the network is built with (None: no gain)."""
+        return [kw.get("layer_scale") for lv in self.mix_levels
+                for name, kw in zip(self.mixer_at(lv), self.mixer_kwargs(lv)) if takes_layer_scale(name)]
+
     @property
     def uses_lambda_gain(self) -> bool:
-        """Whether ``lambda_gain`` changes the network (some mixing level has a mixer it reaches)."""
-        if self.lambda_gain is None:
-            return False
-        plain = dataclasses.replace(self, lambda_gain=None)
-        return any(self.mixer_kwargs(lv) != plain.mixer_kwargs(lv) for lv in self.mix_levels)
+        """Whether ``lambda_gain`` changes the network (some lambda mixer has no ``layer_scale`` of its own)."""
+        return self.lambda_gain is not None and any(
+            takes_layer_scale(name) and "layer_scale" not in own
+            for lv in self.mix_levels for name, own in zip(self.mixer_at(lv), (self.self_kwargs, self.cross_kwargs)))
 
     @property
     def level_tables(self) -> bool:
@@ -192,6 +194,11 @@ class UNetConfig:
 # conv); the GLA baseline is our `linear` attention.
 _SELF_ARM = dict(cross_mixer="vanilla", ffn="mlp", conv="dense")  # a self mixer in the baseline's block
 _CROSS_ARM = dict(self_mixer="linear", ffn="mlp", conv="dense")  # a cross mixer in the baseline's block
+
+
+def takes_layer_scale(mixer: str) -> bool:
+    """Whether the registered mixer ``mixer`` takes an output gain (``layer_scale``: the lambda layers)."""
+    return mixer != "none" and "layer_scale" in inspect.signature(get_attention_class(mixer)).parameters
 
 
 def variant_arms() -> dict[str, dict]:
