@@ -11,22 +11,25 @@ if ROOT not in sys.path:  # the scripts import the package from the work tree
 
 import torch  # noqa: E402
 
-from lambda_blocks.profiling import hardware_name  # noqa: E402
+from lambda_blocks.profiling import cpu_isa, hardware_name  # noqa: E402
 from lambda_blocks.runtime import allocator_state, tune_allocator  # noqa: E402
 
 tune_allocator()  # every benchmark measures with the allocator a training run uses (LAMBDA_BLOCKS_TUNE_MALLOC=0: off)
 
 
 def tag(device: str = "cpu") -> str:
-    """File-name tag: device, hardware, torch version, threads (timm's latency-file naming)."""
+    """File-name tag: device, hardware (with the vector ISA on CPU, ``profiling.cpu_isa``), torch
+    version, threads (timm's latency-file naming)."""
     hw = re.sub(r"[^a-z0-9]+", "-", hardware_name(device).lower()).strip("-")
+    if device == "cpu":
+        hw += f"-{cpu_isa()}"
     ver = torch.__version__.split("+")[0]
     return f"{device}-{hw}-pt{ver}-t{torch.get_num_threads()}"
 
 
 def header(title: str, device: str = "cpu") -> None:
     print(f"# {title}")
-    print(f"# hardware={hardware_name(device)!r} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"# hardware={hardware_name(device)!r} isa={cpu_isa() if device == 'cpu' else '-'} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"# allocator: {allocator_state()}")
     try:
         load = os.getloadavg()

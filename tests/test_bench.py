@@ -135,3 +135,19 @@ def test_scaling_benchmark_writes_the_one_profile_table(tmp_path, capsys):
         assert float(r["gmacs_per_s"]) == pytest.approx(int(r["macs"]) / float(r["latency_ms_median"]) / 1e6, rel=1e-6)
         assert r["latency_method"] == "interleaved_torch_timer(rounds=1)" and r["threads"] == "1"
     assert "lmi block vs vanilla block" in capsys.readouterr().out
+
+
+def test_the_hardware_tag_carries_the_vector_isa(monkeypatch):
+    """Two machines of this project are both "AMD EPYC", one AVX2 and one AVX512-BF16: their benchmark
+    files must not overwrite each other, and a bf16 row must say whether the CPU has bf16 dot products."""
+    assert P.cpu_isa(["avx2", "fma"], "AVX2") == "avx2"
+    assert P.cpu_isa(["avx512f"], "AVX512") == "avx512"
+    assert P.cpu_isa(["avx512f", "avx512_bf16"], "AVX512") == "avx512-bf16"
+    assert P.cpu_isa(["amx_bf16"], "AVX512") == "avx512-bf16"
+    assert P.cpu_isa(["avx512_bf16"], "AVX2") == "avx2"  # torch's dispatch decides, not the flag alone
+    import _common
+    monkeypatch.setattr(_common, "hardware_name", lambda device="cpu": "AMD EPYC")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: "avx2")
+    assert _common.tag("cpu").startswith("cpu-amd-epyc-avx2-pt")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: "avx512-bf16")
+    assert _common.tag("cpu").startswith("cpu-amd-epyc-avx512-bf16-pt")

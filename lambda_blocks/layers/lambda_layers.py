@@ -166,7 +166,7 @@ def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> 
       alone 2.1x faster than conv2d on the AMD EPYC machine).
     Forward-only passes used to take ``conv2d`` always (measured with glibc's allocator page-faulting
     the FFT buffers in on every call, `runtime.tune_allocator`); at batch 16 the rule above makes the
-    Local-λ layer's forward 1.22-1.44x faster than conv2d (``results/lambda_conv-cpu-amd-epyc-*.csv``)."""
+    Local-λ layer's forward 1.22-1.44x faster than conv2d (``results/lambda_conv-cpu-amd-epyc-avx2-*.csv``)."""
     r = int(weight.shape[-1])
     if r < 9:
         return "conv2d"

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from .macs import MATMUL_OPS, analytic_macs, count_params, einsum_macs, fvcore_macs, largest_tensor_bytes, torch_macs
 from .timing import Timing, interleaved_latency, latency, memory_method, peak_memory, timing_method
-from .measure import DTYPES, PASSES, block_inputs, build_arm_block, build_block, format_ops, hardware_name, make_step, profile_module, unet_inputs
+from .measure import DTYPES, PASSES, block_inputs, cpu_isa, build_arm_block, build_block, format_ops, hardware_name, make_step, profile_module, unet_inputs
 from .table import CSV_COLUMNS, KEY_COLUMNS, NotAProfileTable, config_string, merge_rows, read_rows, row_key, write_rows_atomic
 from .analysis import crossover, gmacs_per_s, loglog_slope, matmul_gmacs_per_s
 
@@ -73,6 +73,7 @@ __all__ = [
     "build_block",
     "build_arm_block",
     "profile_module",
+    "cpu_isa",
     "hardware_name",
     "CSV_COLUMNS",
     "KEY_COLUMNS",

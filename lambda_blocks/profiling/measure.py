@@ -133,6 +133,32 @@ def hardware_name(device: str | torch.device = "cpu") -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_isa(flags: Iterable[str] | None = None, capability: str | None = None) -> str:
+    """The vector ISA torch dispatches to on this CPU, with ``-bf16`` where the CPU has native bf16
+    dot products (AVX512-BF16 or AMX-BF16): "avx512-bf16", "avx512", "avx2", "default".
+
+    Two CPUs with the same model name can differ here (two "AMD EPYC" machines of this project: one
+    AVX2, one AVX512-BF16), and a bf16 timing means nothing without it, so the benchmark file tags
+    carry it. ``flags`` (the /proc/cpuinfo flags) and ``capability`` (torch's) are read when omitted."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    if flags is None:
+        flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.lower().startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+    isa = str(capability).lower().replace(" ", "") or "default"
+    flags = set(flags)
+    if isa.startswith("avx512") and ({"avx512_bf16", "amx_bf16"} & flags):
+        isa += "-bf16"
+    return isa
+
+
 def format_ops(ops: Mapping[str, int]) -> str:
     """{op: count} -> "op:count;op:count" (sorted by op name), "" when empty."""
     return ";".join(f"{k}:{v}" for k, v in sorted(ops.items()))
