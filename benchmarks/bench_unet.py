@@ -149,6 +149,22 @@ def markdown(r: pd.DataFrame, a: str = "moebius", b: str = "baseline", meta: str
     return "\n".join(lines) + ("\n\n" + meta if meta else "") + "\n"
 
 
+def dtype_table(df: pd.DataFrame, fmt: str = "contiguous") -> str:
+    """bf16 autocast against fp32 per arm, side and pass (weights in ``fmt``): both times, the speed-up
+    (> 1: bf16 faster) and bf16's max relative forward error. Empty when either dtype is missing."""
+    d = df[df["memory_format"] == fmt]
+    if not {"fp32", "bf16"} <= set(d["dtype"]):
+        return ""
+    lines = ["| side | pass | arm | fp32 ms | bf16 ms | fp32 / bf16 (> 1: bf16 faster) | bf16 max rel. error |",
+             "|---|---|---|---|---|---|---|"]
+    t = d.set_index(["side", "pass", "arm", "dtype"])
+    for side, pas, arm in d[["side", "pass", "arm"]].drop_duplicates().itertuples(index=False):
+        a, b = t.loc[(side, pas, arm, "fp32")], t.loc[(side, pas, arm, "bf16")]
+        lines.append(f"| {side} | {pas} | {arm} | {a['latency_ms']:.1f} | {b['latency_ms']:.1f} "
+                     f"| {a['latency_ms'] / b['latency_ms']:.2f} | {b['bf16_max_rel_err']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=["baseline", "moebius"], choices=list(ARMS))
@@ -184,6 +200,10 @@ def main(argv=None) -> int:
                 + f" on {P.hardware_name(device)}{f' ({_isa(device)})' if _isa(device) else ''}, torch {torch.__version__}, {args.threads} thread(s), size `{args.size}`, "
                 f"training-step batch {args.batch}; interleaved medians over {args.rounds} rounds.")
         table = markdown(r, args.arms[-1], args.arms[0], meta)
+        dt = dtype_table(df)
+        if dt:
+            print("\n" + dt)
+            table += "\n" + dt
     write_results(out, df, table)
     return 0
 

@@ -151,3 +151,15 @@ def test_the_hardware_tag_carries_the_vector_isa(monkeypatch):
     assert _common.tag("cpu").startswith("cpu-amd-epyc-avx2-pt")
     monkeypatch.setattr(_common, "cpu_isa", lambda: "avx512-bf16")
     assert _common.tag("cpu").startswith("cpu-amd-epyc-avx512-bf16-pt")
+
+
+def test_the_dtype_table_states_every_arms_bf16_speedup_and_error():
+    df = B.run(["baseline", "moebius"], "tiny", [16], 2, torch.device("cpu"), rounds=1, dtypes=["fp32", "bf16"],
+               passes=["fwd"], min_run_time=0.01)
+    rows = [ln for ln in B.dtype_table(df).splitlines() if ln.startswith("| 16 |")]
+    assert len(rows) == 2
+    lat = df.set_index(["arm", "dtype"])["latency_ms"]
+    cells = {ln.split("|")[3].strip(): ln.split("|") for ln in rows}
+    assert float(cells["moebius"][6]) == pytest.approx(lat["moebius", "fp32"] / lat["moebius", "bf16"], abs=0.006)
+    assert 0 < float(cells["baseline"][7]) < 0.1
+    assert B.dtype_table(df[df["dtype"] == "fp32"]) == ""

@@ -189,7 +189,13 @@ class LayerNorm2d(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # explicit perms: ONNX refuses negative ones
+        x = x.permute(0, 2, 3, 1)  # explicit perms: ONNX refuses negative ones
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            # under autocast, normalise in float32 (CUDA autocast does so for layer_norm, CPU's does not:
+            # its bf16 LayerNorm backward took 3x the float32 one). LayerNorm copies the permuted map to
+            # a contiguous one anyway, so the cast is that copy.
+            x = x.float()
+        return self.norm(x).permute(0, 3, 1, 2)
 
 
 NORMS = ("batch", "group", "layer", "none")

@@ -100,6 +100,17 @@ def _toeplitz_diagonals(h: int, w: int, r: int, device) -> tuple[torch.Tensor, t
     return _DIAG_INDEX[key]
 
 
+def _gemm_dtype(v: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a lambda-convolution GEMM runs in: the autocast dtype when autocast is on for the
+    tensors' device (the lambda convolution is a convolution, which autocast runs in bf16; in float32
+    the ``toeplitz`` GEMM was the largest matmul of a bf16 Moebius training step), else the promoted
+    dtype of its inputs."""
+    dev = v.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(v.dtype, weight.dtype)
+
+
 class _ToeplitzConv(torch.autograd.Function):
     """λp as one dense matmul: the lambda convolution is multiplication by a block-Toeplitz matrix
     T[(u, m), (k, n)] = R[k, u, m - n + p] (zero outside the scope), so on a small map (N up to
@@ -112,7 +123,7 @@ class _ToeplitzConv(torch.autograd.Function):
     def forward(ctx, v, weight, bias, h, w):
         b, u, dv, n = v.shape
         k, r = weight.shape[0], weight.shape[-1]
-        dtype = torch.promote_types(v.dtype, weight.dtype)  # computed as given, also under autocast
+        dtype = _gemm_dtype(v, weight)  # the autocast dtype under autocast (as a conv2d would), else as given
         ph, pw = h - 1 - r // 2, w - 1 - r // 2  # negative: the map is smaller than the scope, crop
         rq = F.pad(weight.to(dtype).flip(-2, -1), (pw, pw, ph, ph))  # (k, u, 2h-1, 2w-1)
         s = rq.stride()
@@ -139,9 +150,10 @@ class _ToeplitzConv(torch.autograd.Function):
             gt = (vf.t() @ g).view(u, n, k, n).permute(2, 0, 1, 3).reshape(k, u, n * n)
             flat, ok = _toeplitz_diagonals(h, w, r, g.device)  # index_select: ~3x faster than fancy indexing
             taps = gt.view(k * u, n * n).index_select(1, flat.view(-1)).view(k * u, r * r, n)
-            grad_w = (taps * ok).sum(-1).view(k, u, r, r).to(w_dtype)
+            acc = torch.promote_types(taps.dtype, torch.float32)  # sums of n products: accumulate in float32
+            grad_w = (taps.to(acc) * ok).sum(-1).view(k, u, r, r).to(w_dtype)
         if has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.view(b * dv, k, n).sum((0, 2)).to(w_dtype)
+            grad_b = g.view(b * dv, k, n).sum((0, 2), dtype=torch.promote_types(g.dtype, torch.float32)).to(w_dtype)
         return grad_v, grad_w, grad_b, None, None
 
 
@@ -290,7 +302,10 @@ def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """
     if explicit_ops_enabled() or exporting():
         return torch.einsum("bhkn,bkvn->bhvn", q, lam)
-    dtype = torch.promote_types(q.dtype, lam.dtype)
+    # float32 at least: k products summed by k in-place passes round at every pass in bf16, and CPU
+    # bf16 multiply-adds with broadcast operands are slower than float32 ones (a bf16-autocast Moebius
+    # training step spent 4x longer in them); the float32 result goes on to the next autocast op.
+    dtype = torch.promote_types(torch.promote_types(q.dtype, lam.dtype), torch.float32)
     return _ApplyLambdas.apply(q.to(dtype), lam.to(dtype))
 
 
