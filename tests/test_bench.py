@@ -163,3 +163,20 @@ def test_the_dtype_table_states_every_arms_bf16_speedup_and_error():
     assert float(cells["moebius"][6]) == pytest.approx(lat["moebius", "fp32"] / lat["moebius", "bf16"], abs=0.006)
     assert 0 < float(cells["baseline"][7]) < 0.1
     assert B.dtype_table(df[df["dtype"] == "fp32"]) == ""
+
+
+def test_the_breakdown_benchmark_rows_and_summary():
+    import bench_breakdown as BD
+
+    df = BD.measure(["moebius"], "tiny", [16], 2, 1, torch.device("cpu"), ["fp32", "bf16"], reps=1)
+    assert set(df["view"]) == {"module", "op_family"} and set(df["pass"]) == {"fwd", "train_step"}
+    mod = df[(df["view"] == "module") & (df["dtype"] == "fp32")].set_index("name")
+    assert {"LocalLambda", "InteractiveLambda", "MixFFN", "(total)", "(hook overhead)"} <= set(mod.index)
+    parts = mod[~mod.index.str.startswith("(")]["self_ms"].sum()
+    assert parts == pytest.approx(mod.loc["(total)", "self_ms"], rel=0.05)
+    step = df[(df["pass"] == "train_step") & (df["dtype"] == "fp32")]
+    assert {"conv", "optimizer"} <= set(step["name"]) and step["share"].sum() == pytest.approx(1.0)
+    table = BD.summary(df)
+    row = next(ln for ln in table.splitlines() if "| module | LocalLambda |" in ln).split("|")
+    lat = df[(df["view"] == "module") & (df["name"] == "LocalLambda")].set_index("dtype")["self_ms"]
+    assert float(row[9]) == pytest.approx(lat["bf16"] / lat["fp32"], abs=0.006)
