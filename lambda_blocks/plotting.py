@@ -768,6 +768,20 @@ CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whol
                       ("psnr_hole", "PSNR dB (hole) ↑"))
 
 
+def _one_eval_per_seed(ev: pd.DataFrame) -> pd.DataFrame:
+    """One periodic evaluation per (arm, size, recipe, seed, step): the mean of that seed's rows. A
+    longer run that extends a shorter one (``train._prefix_run``) carries the shorter run's
+    evaluations, the same numbers of the same training; kept as separate rows they would weigh that
+    seed double in the mean over seeds."""
+    keys = [c for c in ("arm", "size", "recipe", "seed", "step") if c in ev]
+    if "seed" not in keys or not ev.duplicated(subset=keys).any():
+        return ev
+    num = [c for c in ev.columns if c not in keys and pd.api.types.is_numeric_dtype(ev[c])]
+    other = [c for c in ev.columns if c not in keys and c not in num]
+    agg = {**{c: "mean" for c in num}, **{c: "first" for c in other}}
+    return ev.groupby(keys, sort=False, dropna=False, as_index=False).agg(agg)
+
+
 def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = None,
                     name: str = "convergence", base_lr=None, base_gain=None) -> list[Path]:
     """Periodic full evaluations against training steps: one line per (arm, prediction target,
@@ -777,6 +791,7 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
     style()
     ev = evals.copy()
     ev["recipe"] = _recipes(ev, base_lr, base_gain)
+    ev = _one_eval_per_seed(ev)
     panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
     styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
@@ -898,6 +913,7 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
     preset's) is its own recipe."""
     ev = evals.copy()
     ev["recipe"] = _recipes(ev, base_lr, base_gain)
+    ev = _one_eval_per_seed(ev)
     head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     if floors is not None and len(floors):

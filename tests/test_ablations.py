@@ -418,3 +418,18 @@ def test_collect_records_the_gain_the_lambda_mixers_started_at():
                                                 "unet.cross_kwargs": {"layer_scale": 0.2}})
     assert _effective_gain(probe.to_dict()) == 0.2
     assert _effective_gain(resolve("dev", arm="linear").to_dict()) is None
+
+
+def test_an_extended_run_does_not_count_its_seed_twice_in_the_convergence_mean():
+    """A 12000-step run extending a 6000-step one carries the shorter run's evaluations; seed 0 must
+    not then weigh double against seed 1 in the mean over seeds."""
+    from lambda_blocks import plotting as P
+
+    base = P.preset_recipe("dev")
+    ev = pd.DataFrame({"run_id": ["s0-6k", "s0-12k", "s1-6k"], "arm": "lmi", "size": "tiny", "seed": [0, 0, 1],
+                       "prediction": "v", "loss_weighting": "min_snr", "train_decay_steps": 0,
+                       "train_steps": [6000, 12000, 6000], "train_lr": base["lr"], "lambda_gain": base["lambda_gain"],
+                       "step": 6000, "lpips": [0.02, 0.02, 0.05], "n": 32})
+    table = P.convergence_table(ev, steps=(6000,), base_lr=base["lr"], base_gain=base["lambda_gain"])
+    assert "| LλMI | v + Min-SNR | 6000 | 0.035 |" in table  # (0.02 + 0.05) / 2, not (0.02 + 0.02 + 0.05) / 3
+    assert table.rstrip().split("\n")[2].split("|")[-2].strip() == "2"
