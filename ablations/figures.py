@@ -64,6 +64,11 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
                 _write(assets_dir / "paired_quality.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
                 _write(assets_dir / "paired_quality.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"),
                        written)
+            budgets = P.with_recipe(learned_all, preset, any_budget=True)
+            budgets = P.split_runs(budgets)[0]
+            budgets = budgets[budgets["arm"].isin(variant_arms()) & (budgets["image_size"] == size_px)]
+            if budgets["train_steps"].nunique() > 1:  # the same recipe at more than one budget
+                _write(assets_dir / "budgets.md", P.budget_table(budgets, per_image, fl), written)
             size = variants["size"].value_counts().index[0]
             seed = int(variants["seed"].min())
             pick = variants[(variants["size"] == size) & (variants["seed"] == seed)]

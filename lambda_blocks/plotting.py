@@ -692,8 +692,9 @@ def _same_gain(a, b) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and bool(np.isclose(a, b, rtol=1e-9, atol=0)))
 
 
-def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
-    """Learned runs trained with the preset's recipe (the study's rows; convergence variants left out)."""
+def with_recipe(runs: pd.DataFrame, preset: str, any_budget: bool = False) -> pd.DataFrame:
+    """Learned runs trained with the preset's recipe (the study's rows; convergence variants left out).
+    ``any_budget``: keep every ``train.steps`` of that recipe (the budget table), not only the preset's."""
     want = preset_recipe(preset)
     pred = runs["prediction"].fillna("eps") if "prediction" in runs else pd.Series("eps", index=runs.index)
     lw = runs["loss_weighting"].fillna("none") if "loss_weighting" in runs else pd.Series("none", index=runs.index)
@@ -715,6 +716,8 @@ def with_recipe(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
         has_plain = plain.groupby(group).transform("any") if group else pd.Series(plain.any(), index=runs.index)
         keep &= plain | ~has_plain
     out = runs[keep]
+    if any_budget:
+        return out
     if "train_steps" in out and want["steps"] is not None and len(out):
         # the preset's budget only, once any run has it: arms are compared at equal steps (another
         # budget of the same config is a point of the convergence curve). Runs of a config with its
@@ -903,6 +906,49 @@ def paired_table(rows: list[dict], caption: str) -> str:
             f.format(r["mean_a"]), f.format(r["mean_b"]), f.format(r["diff"]),
             f"[{f.format(r['lo'])}, {f.format(r['hi'])}]", f"{r['seeds_a']} / {r['seeds_b']}", sd, r["verdict"]]) + " |\n"
     return md + f"\n{caption}\n"
+
+
+BUDGET_CAPTION = ("Every finished run of the preset's recipe, grouped by training budget (a longer budget extends "
+                  "the shorter run of the same seed). Mean over seeds. \"Target\" is the issue's floor target: better "
+                  "than biharmonic and Telea on whole-image LPIPS, FID and KID (means). The Δ columns are paired "
+                  "per-image differences against each fill, with BCa 95% intervals over the test images "
+                  "(`lambda_blocks.stats`). FID and KID are set-level, so they get no per-image interval.")
+
+
+def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.DataFrame,
+                 refs=("biharmonic", "telea")) -> str:
+    """Markdown: per (arm, size, training budget) of ``runs`` (one recipe, any budget), the mean
+    LPIPS / FID / KID / PSNR, the seeds, whether it meets the floor target (beats every fill of
+    ``refs`` on LPIPS, FID and KID), and paired LPIPS and PSNR differences against each fill."""
+    from .stats import compare
+
+    fl = {r["arm"]: r for _, r in floors.iterrows()} if floors is not None else {}
+    refs = [r for r in refs if r in fl]
+    head = ["arm", "size", "steps", "LPIPS ↓", "FID ↓", "KID ↓", "PSNR ↑", "seeds", "target"]
+    for r in refs:
+        head += [f"Δ LPIPS vs {label(r).replace('floor: ', '')} [95% CI]", f"Δ PSNR vs {label(r).replace('floor: ', '')} [95% CI]"]
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    pi = per_image if per_image is not None else pd.DataFrame(columns=["run_id"])
+    for (arm, size, steps), g in runs.groupby(["arm", "size", "train_steps"], sort=True):
+        mean = {m: float(g[m].mean()) if m in g and g[m].notna().any() else float("nan")
+                for m in ("lpips", "fid", "kid", "psnr")}
+        verdict = "–"
+        if refs and all(np.isfinite(mean[m]) for m in ("lpips", "fid", "kid")):
+            verdict = "yes" if all(mean[m] < float(fl[r][m]) for m in ("lpips", "fid", "kid") for r in refs) else "no"
+        row = [label(arm).split(" (=")[0], str(size), str(int(steps)), _fmt(mean["lpips"]), _fmt(mean["fid"], None, 1),
+               _fmt(mean["kid"], None, 4), _fmt(mean["psnr"], None, 2), str(g["seed"].nunique()), verdict]
+        mine = pi[pi["run_id"].isin(set(g["run_id"]))]
+        for r in refs:
+            theirs = pi[pi["run_id"] == fl[r]["run_id"]] if "run_id" in fl[r] else pi.iloc[:0]
+            for m, dg in (("lpips", 3), ("psnr", 2)):
+                if len(mine) and len(theirs) and mine[m].notna().any():
+                    c = compare(mine, theirs, m, arm, r)
+                    f = f"{{:+.{dg}f}}"
+                    row.append(f"{f.format(c.diff)} [{f.format(c.lo)}, {f.format(c.hi)}]")
+                else:
+                    row.append("–")
+        md += "| " + " | ".join(row) + " |\n"
+    return md + f"\n{BUDGET_CAPTION}\n"
 
 
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,

@@ -209,7 +209,8 @@ def test_readme_tables_are_the_generated_ones():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     quoted = 0
-    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "convergence.md"):
+    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "convergence.md",
+                 "budgets.md"):
         path = root / "paper_assets" / "dev" / name
         if not path.exists():
             continue
@@ -433,3 +434,25 @@ def test_an_extended_run_does_not_count_its_seed_twice_in_the_convergence_mean()
     table = P.convergence_table(ev, steps=(6000,), base_lr=base["lr"], base_gain=base["lambda_gain"])
     assert "| LλMI | v + Min-SNR | 6000 | 0.035 |" in table  # (0.02 + 0.05) / 2, not (0.02 + 0.02 + 0.05) / 3
     assert table.rstrip().split("\n")[2].split("|")[-2].strip() == "2"
+
+
+def test_the_budget_table_groups_by_steps_pairs_with_the_floor_and_states_the_target():
+    from lambda_blocks import plotting as P
+
+    rng = np.random.default_rng(0)
+    ids = [f"img/{i:03d}" for i in range(12)]
+    floors = pd.DataFrame({"run_id": ["bh", "te"], "arm": ["biharmonic", "telea"], "lpips": [0.018, 0.017],
+                           "fid": [106.0, 120.0], "kid": [-0.004, 0.001], "psnr": [28.0, 27.0]})
+    runs = pd.DataFrame({"run_id": ["a6", "b6", "a12"], "arm": "lmi", "size": "tiny", "seed": [0, 1, 0],
+                         "train_steps": [6000, 6000, 12000], "lpips": [0.020, 0.018, 0.015],
+                         "fid": [125.0, 121.0, 104.0], "kid": [0.0, -0.002, -0.006], "psnr": [25.0, 25.2, 25.6]})
+    base = {"bh": 0.018, "te": 0.017, "a6": 0.020, "b6": 0.018, "a12": 0.012}
+    per = pd.DataFrame([{"run_id": r, "id": i, "lpips": v + rng.normal(0, 1e-4), "psnr": 25.0} for r, v in base.items()
+                        for i in ids])
+    md = P.budget_table(runs, per, floors)
+    rows = {ln.split("|")[3].strip(): ln.split("|") for ln in md.splitlines() if ln.startswith("| LλMI")}
+    assert set(rows) == {"6000", "12000"}
+    assert rows["6000"][8].strip() == "2" and rows["6000"][9].strip() == "no"  # mean FID 123 > 106
+    assert rows["12000"][9].strip() == "yes"  # beats both fills on LPIPS, FID and KID
+    lo_hi = rows["12000"][10].strip()  # Δ LPIPS vs biharmonic: -0.006, an interval that excludes 0
+    assert lo_hi.startswith("-0.006 [") and float(lo_hi.split("[")[1].split(",")[1].rstrip("]")) < 0
