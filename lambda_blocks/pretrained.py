@@ -119,8 +119,10 @@ def export(run_dir: str | Path, name: str, root: Path | str = WEIGHTS_DIR, floor
         "params": summary.get("params"), "macs": summary.get("macs"), "classical_floor": floor,
         "versus_floor": versus_floor({m: summary.get(m) for m in _METRICS}, floor),
         "versions": ck.get("versions"), "weights_sha256": _sha256(root / f"{name}.pt"),
-        "note": "EMA weights of a dev-preset run on 32x32 crops of the embedded data; compare its metrics "
-                "with classical_floor (the same test problems) before trusting a fill.",
+        "note": f"EMA weights of a run of the {summary.get('preset', config.get('preset', '?'))} recipe, "
+                f"{summary.get('steps')} training steps, on {summary.get('image_size')}x{summary.get('image_size')} "
+                "crops of the embedded data; compare its metrics with classical_floor (the same test problems) "
+                "before trusting a fill.",
     }
     records.write_json(root / f"{name}.json", card)
     return root / f"{name}.pt"
