@@ -10,7 +10,10 @@
   paired comparisons); the classical floor (``floor-*`` folders, ``kind`` = ``floor``) included.
 * ``samples/<run_id>.npz``: the fixed test fills of each finished run (a few small images).
 
-Autoencoder run folders (``ae-*``) are not training runs and are left out. ``tag`` is the arm, plus
+* ``autoencoders.csv``: one row per finished autoencoder run (``ae-*`` folders): its config and
+  reconstruction metrics on the test split (kept across collections, a run's new row replacing its old).
+
+Autoencoder run folders are not training runs: they are in no other table. ``tag`` is the arm, plus
 ``-latent`` in latent space and ``-kd`` / ``-kdfixed`` when distilled; ``kind`` is ``model`` or
 ``floor`` (a classical fill, ``lambda_blocks.classical``).
 """
@@ -52,6 +55,24 @@ CURVE_COLUMNS = ["run_id", "arm", "size", "seed", "step", "loss"]
 KD_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "step", "loss_total", "loss_task", "loss_fkd", "loss_ckd",
               "loss_lp", "w_fkd", "w_lp", "w_c"]
 PROFILE_KEY = ["kind", "variant", "preset", "channels", "height", "width", "batch", "pass", "dtype", "device"]
+
+
+AE_COLUMNS = ["ae_run", "config_hash", "preset", "image_size", "factor", "latent_channels", "widths", "steps",
+              "batch_size", "lr", "kl_weight", "perceptual_weight", "n_test", "psnr", "ssim", "lpips", "lpips_source",
+              "params", "train_time_s", "device", "threads", "hardware", "torch_version"]
+
+
+def _ae_row(name: str, config: dict, summary: dict, env: dict) -> dict:
+    """One row of ``autoencoders.csv``: a finished autoencoder run's config and reconstruction metrics."""
+    row = {c: None for c in AE_COLUMNS}
+    row.update({k: config.get(k) for k in AE_COLUMNS if k in config})
+    row["widths"] = json.dumps(config.get("widths")) if config.get("widths") is not None else None
+    row["perceptual_weight"] = config.get("perceptual_weight", 0.0)
+    row.update({k: summary.get(k) for k in ("config_hash", "psnr", "ssim", "lpips", "lpips_source", "params",
+                                            "train_time_s", "steps", "n_test") if summary.get(k) is not None})
+    row.update({k: env.get(k) for k in ("device", "threads", "hardware", "torch_version") if env.get(k) is not None})
+    row["ae_run"] = name
+    return row
 
 
 def _read_json(path: Path) -> dict:
@@ -104,7 +125,7 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
     if mode not in MODES:
         raise ValueError(f"unknown collect mode {mode!r}; choose one of {MODES}")
     runs_root, results_dir = Path(runs_root), Path(results_dir)
-    rows, curves, profiles, kd_rows, eval_rows, per_image = [], [], [], [], [], []
+    rows, curves, profiles, kd_rows, eval_rows, per_image, ae_rows = [], [], [], [], [], [], []
     samples_dir = results_dir / "samples"
     for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_root.exists() else []:
         summary, config = _read_json(run_dir / "summary.json"), _read_json(run_dir / "config.json")
@@ -116,6 +137,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
             continue
         is_train = "arm" in config or error.get("notebook_params", {}).get("arm") is not None  # not an autoencoder
         if not is_train:
+            if run_dir.name.startswith("ae-") and summary.get("status") == "done":
+                ae_rows.append(_ae_row(run_dir.name, config, summary, env))
             continue
         params = error.get("notebook_params", {})
         row = {c: None for c in RUN_COLUMNS}
@@ -209,6 +232,13 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                     if len(keep):
                         out[name] = pd.concat([out.get(name, pd.DataFrame(columns=old.columns)), keep],
                                               ignore_index=True)
+    if ae_rows:  # every finished autoencoder ever collected here: new rows replace their old selves
+        ae = pd.DataFrame(ae_rows, columns=AE_COLUMNS)
+        path = results_dir / "autoencoders.csv"
+        if path.exists() and path.stat().st_size:
+            old = pd.read_csv(path)
+            ae = pd.concat([old[~old["ae_run"].isin(set(ae["ae_run"]))], ae], ignore_index=True)
+        out["autoencoders"] = ae.sort_values("ae_run").reset_index(drop=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     for name, df in out.items():
         _write_csv(df, results_dir / f"{name}.csv")

@@ -456,3 +456,22 @@ def test_the_budget_table_groups_by_steps_pairs_with_the_floor_and_states_the_ta
     assert rows["12000"][9].strip() == "yes"  # beats both fills on LPIPS, FID and KID
     lo_hi = rows["12000"][10].strip()  # Δ LPIPS vs biharmonic: -0.006, an interval that excludes 0
     assert lo_hi.startswith("-0.006 [") and float(lo_hi.split("[")[1].split(",")[1].rstrip("]")) < 0
+
+
+def test_collect_records_finished_autoencoders_and_keeps_them_across_collections(tmp_path):
+    from ablations.collect import collect
+    from lambda_blocks.latent.autoencoder import ae_config, train_autoencoder
+
+    runs, res = tmp_path / "runs", tmp_path / "results"
+    cfg = ae_config("smoke", image_size=16, widths=(8, 16), n_train=16, n_test=4, steps=4, batch_size=4, warmup=1,
+                    ckpt_every=0, log_every=2, threads=1, device="cpu")
+    first = train_autoencoder(cfg, runs, progress=False)
+    ae = collect(runs, res)["autoencoders"]
+    assert list(ae["ae_run"]) == [first.name] and ae["steps"].item() == 4 and ae["perceptual_weight"].item() == 0
+    assert ae["psnr"].item() == pytest.approx(json.loads((first / "summary.json").read_text())["psnr"])
+    other = tmp_path / "runs2"
+    second = train_autoencoder(ae_config("smoke", image_size=16, widths=(8, 16), n_train=16, n_test=4, steps=4,
+                                         batch_size=4, warmup=1, ckpt_every=0, log_every=2, threads=1, device="cpu",
+                                         seed=1), other, progress=False)
+    ae2 = collect(other, res, mode="merge")["autoencoders"]
+    assert set(ae2["ae_run"]) == {first.name, second.name}  # the first one's row is kept
