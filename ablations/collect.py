@@ -93,12 +93,27 @@ class WouldDropRows(RuntimeError):
     """``collect`` would remove recorded runs from ``results/`` that the runs folder cannot rebuild."""
 
 
-def _drop_copied_evals(ev: pd.DataFrame) -> pd.DataFrame:
+def _drop_copied_evals(ev: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """A run that started from a shorter one (``extended_from``) carries that run's curve as its
-    first part, bit for bit: each evaluation is kept once, in the shortest run that made it."""
-    key = ["arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "psnr", "lpips", "fid"]
-    ev = ev.sort_values("train_steps", kind="stable", na_position="first")
-    return ev.drop_duplicates(subset=[k for k in key if k in ev], keep="first").sort_index()
+    first part, bit for bit: each evaluation is kept once, in the run that made it. An evaluation of
+    run R at step s is a copy when R descends (through ``extended_from`` links among ``runs``) from a
+    recorded run that had finished s steps. Decided by the links, not by comparing values: rows merged
+    back from a CSV are rounded, the copies in a new run are not."""
+    steps = dict(zip(runs["run_id"].astype(str), pd.to_numeric(runs["steps"], errors="coerce")))
+    parent = {str(r): p for r, p in zip(runs["run_id"], runs["extended_from"]) if isinstance(p, str) and p}
+
+    def inherited_until(run_id: str) -> float:  # the most steps any recorded ancestor finished
+        most, seen, p = float("-inf"), {run_id}, parent.get(run_id)
+        while p is not None and p not in seen:
+            seen.add(p)
+            if p in steps and steps[p] == steps[p]:
+                most = max(most, float(steps[p]))
+            p = parent.get(p)
+        return most
+
+    limit = {r: inherited_until(r) for r in set(ev["run_id"].astype(str))}
+    copied = ev["step"].astype(float) <= ev["run_id"].astype(str).map(limit)
+    return ev[~copied]
 
 
 def _effective_gain(config: dict):
@@ -208,7 +223,7 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
     if kd_rows:
         out["kd_log"] = pd.DataFrame(kd_rows, columns=KD_COLUMNS)
     if eval_rows:
-        out["evals"] = _drop_copied_evals(pd.DataFrame(eval_rows, columns=EVAL_COLUMNS))
+        out["evals"] = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
     if per_image:
         out["per_image"] = pd.concat(per_image, ignore_index=True)
     if profiles:
@@ -232,10 +247,12 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                     if len(keep):
                         out[name] = pd.concat([out.get(name, pd.DataFrame(columns=old.columns)), keep],
                                               ignore_index=True)
-    if ae_rows:  # every finished autoencoder ever collected here: new rows replace their old selves
+    if "evals" in out:  # after the merge: it may bring back the shorter run an extended one copied
+        out["evals"] = _drop_copied_evals(out["evals"].reset_index(drop=True), out["runs"])
+    if ae_rows:  # finished autoencoders; unless replacing, earlier rows stay and a run's new row replaces its old
         ae = pd.DataFrame(ae_rows, columns=AE_COLUMNS)
         path = results_dir / "autoencoders.csv"
-        if path.exists() and path.stat().st_size:
+        if mode != "replace" and path.exists() and path.stat().st_size:
             old = pd.read_csv(path)
             ae = pd.concat([old[~old["ae_run"].isin(set(ae["ae_run"]))], ae], ignore_index=True)
         out["autoencoders"] = ae.sort_values("ae_run").reset_index(drop=True)

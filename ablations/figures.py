@@ -38,9 +38,11 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
     convergence figure only.
     """
     results_dir, figures_dir, assets_dir = Path(results_dir), Path(figures_dir), Path(assets_dir)
-    runs, curves, profile, kd_log, evals, per_image = (
-        _read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log", "evals", "per_image"))
+    runs, curves, profile, kd_log, evals, per_image, autoencoders = (
+        _read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log", "evals", "per_image", "autoencoders"))
     written: list[Path] = []
+    if autoencoders is not None and len(autoencoders):
+        _write(assets_dir / "autoencoders.md", P.autoencoder_table(autoencoders), written)
     if runs is None and profile is None:
         raise FileNotFoundError(f"no results in {results_dir}: run `python -m ablations collect` first")
     floors_all = None

@@ -17,19 +17,24 @@ from lambda_blocks.runtime import allocator_state, tune_allocator  # noqa: E402
 tune_allocator()  # every benchmark measures with the allocator a training run uses (LAMBDA_BLOCKS_TUNE_MALLOC=0: off)
 
 
+def isa(device) -> str:
+    """The vector ISA of a CPU device (``profiling.cpu_isa``), "" for a GPU."""
+    return cpu_isa() if str(getattr(device, "type", device)) == "cpu" else ""
+
+
 def tag(device: str = "cpu") -> str:
     """File-name tag: device, hardware (with the vector ISA on CPU, ``profiling.cpu_isa``), torch
     version, threads (timm's latency-file naming)."""
     hw = re.sub(r"[^a-z0-9]+", "-", hardware_name(device).lower()).strip("-")
-    if device == "cpu":
-        hw += f"-{cpu_isa()}"
+    if isa(device):
+        hw += f"-{isa(device)}"
     ver = torch.__version__.split("+")[0]
     return f"{device}-{hw}-pt{ver}-t{torch.get_num_threads()}"
 
 
 def header(title: str, device: str = "cpu") -> None:
     print(f"# {title}")
-    print(f"# hardware={hardware_name(device)!r} isa={cpu_isa() if device == 'cpu' else '-'} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"# hardware={hardware_name(device)!r} isa={isa(device) or '-'} device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"# allocator: {allocator_state()}")
     try:
         load = os.getloadavg()

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path)
+from _common import ROOT, header, isa, tag, write_results  # noqa: F401  (sets sys.path)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -43,7 +43,7 @@ def measure(arms, size: str, sides, batch: int, fwd_batch: int, device: torch.de
                         with torch.no_grad(), BU.autocast(device, dtype):
                             return net(x, t)
                 base = dict(arm=arm, size=size, side=side, dtype=dtype, memory_format=fmt, device=device.type,
-                            hardware=P.hardware_name(device), isa=BU._isa(device), torch_version=torch.__version__,
+                            hardware=P.hardware_name(device), isa=isa(device), torch_version=torch.__version__,
                             threads=torch.get_num_threads())
                 net.eval()
                 for r in module_breakdown(net, fwd, reps=reps):
@@ -61,17 +61,14 @@ def summary(df: pd.DataFrame, top: int = 6) -> str:
     for (side, arm, pas, view), g in df.groupby(["side", "arm", "pass", "view"], sort=True):
         f32 = g[g["dtype"] == "fp32"].set_index("name")
         b16 = g[g["dtype"] == "bf16"].set_index("name")
-        names = [n for n in f32.index if not n.startswith("(")][:top] + [n for n in ("(total)",) if n in f32.index]
-        if view == "op_family":
-            names.append("(total)")
+        names = [n for n in f32.index if not n.startswith("(")][:top] + ["(total)"]
         for n in names:
-            if n == "(total)" and view == "op_family":
-                a, b = float(f32["self_ms"].sum()), float(b16["self_ms"].sum()) if len(b16) else float("nan")
-                sh = 1.0
-            else:
-                a = float(f32.loc[n, "self_ms"])
-                sh = float(f32.loc[n, "share"])
+            if n in f32.index:
+                a, sh = float(f32.loc[n, "self_ms"]), float(f32.loc[n, "share"])
                 b = float(b16.loc[n, "self_ms"]) if n in b16.index else float("nan")
+            else:  # the op view has no total row: its families add up to it
+                a, sh = float(f32["self_ms"].sum()), 1.0
+                b = float(b16["self_ms"].sum()) if len(b16) else float("nan")
             ratio = b / a if a > 0 and b == b else float("nan")
             lines.append(f"| {side} | {arm} | {pas} | {view} | {n} | {a:.2f} | {100 * sh:.0f}% | "
                          + (f"{b:.2f} | {ratio:.2f} |" if b == b else "- | - |"))
@@ -101,7 +98,7 @@ def main(argv=None) -> int:
     table = summary(df)
     print(table)
     meta = (f"`python benchmarks/bench_breakdown.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace("  ", " ")
-            + f" on {P.hardware_name(device)}{f' ({BU._isa(device)})' if BU._isa(device) else ''}, torch {torch.__version__}, "
+            + f" on {P.hardware_name(device)}{f' ({isa(device)})' if isa(device) else ''}, torch {torch.__version__}, "
             f"{args.threads} thread(s), size `{args.size}`, forward batch {args.fwd_batch}, training-step batch {args.batch}.")
     out = args.out or os.path.join(ROOT, "results", f"unet_breakdown-{tag(device.type)}.csv")
     write_results(out, df, table + "\n" + meta + "\n")

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from _common import ROOT, header, tag, write_results  # noqa: F401  (sets sys.path)
+from _common import ROOT, header, isa, tag, write_results  # noqa: F401  (sets sys.path)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -111,12 +111,9 @@ def run(arms, size: str, sides, batch: int, device: torch.device, rounds: int, d
                              images_per_s=n / (tm.median_ms / 1e3),
                              bf16_max_rel_err=errs.get(arm) if dtype == "bf16" else None,
                              method=tm.method, threads=tm.threads, device=device.type,
-                             hardware=P.hardware_name(device), isa=_isa(device), torch_version=torch.__version__))
+                             hardware=P.hardware_name(device), isa=isa(device), torch_version=torch.__version__))
     return pd.DataFrame(rows)
 
-
-def _isa(device: torch.device) -> str:
-    return P.cpu_isa() if device.type == "cpu" else ""
 
 
 def ratios(df: pd.DataFrame, a: str = "moebius", b: str = "baseline") -> pd.DataFrame:
@@ -197,7 +194,7 @@ def main(argv=None) -> int:
         print(f"\n# time({args.arms[0]}) / time({args.arms[-1]}) (> 1: {args.arms[-1]} faster), same run:")
         print(r.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         meta = (f"`python benchmarks/bench_unet.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace("  ", " ")
-                + f" on {P.hardware_name(device)}{f' ({_isa(device)})' if _isa(device) else ''}, torch {torch.__version__}, {args.threads} thread(s), size `{args.size}`, "
+                + f" on {P.hardware_name(device)}{f' ({isa(device)})' if isa(device) else ''}, torch {torch.__version__}, {args.threads} thread(s), size `{args.size}`, "
                 f"training-step batch {args.batch}; interleaved medians over {args.rounds} rounds.")
         table = markdown(r, args.arms[-1], args.arms[0], meta)
         dt = dtype_table(df)

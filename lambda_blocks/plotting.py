@@ -771,20 +771,6 @@ CONVERGENCE_PANELS = (("lpips_hole", "LPIPS (hole) ↓"), ("lpips", "LPIPS (whol
                       ("psnr_hole", "PSNR dB (hole) ↑"))
 
 
-def _one_eval_per_seed(ev: pd.DataFrame) -> pd.DataFrame:
-    """One periodic evaluation per (arm, size, recipe, seed, step): the mean of that seed's rows. A
-    longer run that extends a shorter one (``train._prefix_run``) carries the shorter run's
-    evaluations, the same numbers of the same training; kept as separate rows they would weigh that
-    seed double in the mean over seeds."""
-    keys = [c for c in ("arm", "size", "recipe", "seed", "step") if c in ev]
-    if "seed" not in keys or not ev.duplicated(subset=keys).any():
-        return ev
-    num = [c for c in ev.columns if c not in keys and pd.api.types.is_numeric_dtype(ev[c])]
-    other = [c for c in ev.columns if c not in keys and c not in num]
-    agg = {**{c: "mean" for c in num}, **{c: "first" for c in other}}
-    return ev.groupby(keys, sort=False, dropna=False, as_index=False).agg(agg)
-
-
 def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = None,
                     name: str = "convergence", base_lr=None, base_gain=None) -> list[Path]:
     """Periodic full evaluations against training steps: one line per (arm, prediction target,
@@ -794,7 +780,6 @@ def fig_convergence(evals: pd.DataFrame, out_dir, floors: pd.DataFrame | None = 
     style()
     ev = evals.copy()
     ev["recipe"] = _recipes(ev, base_lr, base_gain)
-    ev = _one_eval_per_seed(ev)
     panels = [(c, t) for c, t in CONVERGENCE_PANELS if c in ev and ev[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1.8, 2.4), squeeze=False)
     styles = {"v + Min-SNR": "-", "v": "--", "ε": ":", "ε + Min-SNR": "-.", "x0": (0, (3, 1, 1, 1))}
@@ -916,12 +901,16 @@ BUDGET_CAPTION = ("Every finished run of the preset's recipe, grouped by trainin
 
 
 def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.DataFrame,
-                 refs=("biharmonic", "telea")) -> str:
+                 refs=None) -> str:
     """Markdown: per (arm, size, training budget) of ``runs`` (one recipe, any budget), the mean
-    LPIPS / FID / KID / PSNR, the seeds, whether it meets the floor target (beats every fill of
-    ``refs`` on LPIPS, FID and KID), and paired LPIPS and PSNR differences against each fill."""
+    LPIPS / FID / KID / PSNR, the seeds, whether it meets the floor target (``pretrained.versus_floor``:
+    beats every fill of ``refs``, default biharmonic and Telea, on LPIPS, FID and KID), and paired
+    LPIPS and PSNR differences against each fill."""
+    from .pretrained import TARGET_FLOORS, TARGET_METRICS, versus_floor
     from .stats import compare
 
+    if refs is None:
+        refs = TARGET_FLOORS
     fl = {r["arm"]: r for _, r in floors.iterrows()} if floors is not None else {}
     refs = [r for r in refs if r in fl]
     head = ["arm", "size", "steps", "LPIPS ↓", "FID ↓", "KID ↓", "PSNR ↑", "seeds", "target"]
@@ -932,9 +921,8 @@ def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.
     for (arm, size, steps), g in runs.groupby(["arm", "size", "train_steps"], sort=True):
         mean = {m: float(g[m].mean()) if m in g and g[m].notna().any() else float("nan")
                 for m in ("lpips", "fid", "kid", "psnr")}
-        verdict = "–"
-        if refs and all(np.isfinite(mean[m]) for m in ("lpips", "fid", "kid")):
-            verdict = "yes" if all(mean[m] < float(fl[r][m]) for m in ("lpips", "fid", "kid") for r in refs) else "no"
+        target = versus_floor(mean, {r: {m: float(fl[r][m]) for m in TARGET_METRICS if m in fl[r]} for r in refs})["target"]
+        verdict = {True: "yes", False: "no", None: "–"}[target]
         row = [label(arm).split(" (=")[0], str(size), str(int(steps)), _fmt(mean["lpips"]), _fmt(mean["fid"], None, 1),
                _fmt(mean["kid"], None, 4), _fmt(mean["psnr"], None, 2), str(g["seed"].nunique()), verdict]
         mine = pi[pi["run_id"].isin(set(g["run_id"]))]
@@ -951,15 +939,28 @@ def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.
     return md + f"\n{BUDGET_CAPTION}\n"
 
 
+def autoencoder_table(ae: pd.DataFrame) -> str:
+    """Markdown: every recorded autoencoder run (``results/<preset>/autoencoders.csv``), reconstruction
+    quality on the test split beside its factor, widths, steps and perceptual weight."""
+    head = ["factor", "widths", "steps", "perceptual weight", "PSNR dB ↑", "SSIM ↑", "LPIPS ↓", "train s", "run"]
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    for _, r in ae.sort_values(["factor", "steps", "perceptual_weight"], ascending=[False, True, False]).iterrows():
+        widths = ", ".join(str(w) for w in json.loads(r["widths"])) if isinstance(r["widths"], str) else "–"
+        md += "| " + " | ".join([str(int(r["factor"])), widths, str(int(r["steps"])), f"{float(r['perceptual_weight']):g}",
+                                 _fmt(r["psnr"], None, 1), _fmt(r["ssim"]), _fmt(r["lpips"]),
+                                 f"{float(r['train_time_s']):.0f}", str(r["ae_run"])]) + " |\n"
+    return md + ("\nAutoencoders on the test split (reconstruction of every test image through the posterior mean; "
+                 "LPIPS with real AlexNet weights), one thread.\n")
+
+
 def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
-                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000),
+                      steps=(250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 9000, 10000, 12000, 15000),
                       base_lr=None, base_gain=None) -> str:
     """Markdown: the periodic full evaluations at a few steps, per (arm, recipe), mean over seeds,
     with the floor of the same problems first; a run whose learning rate is not ``base_lr`` (the
     preset's) is its own recipe."""
     ev = evals.copy()
     ev["recipe"] = _recipes(ev, base_lr, base_gain)
-    ev = _one_eval_per_seed(ev)
     head = ["arm", "recipe", "step", "LPIPS ↓", "LPIPS hole ↓", "FID ↓", "KID ↓", "PSNR hole ↑", "seeds"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     if floors is not None and len(floors):

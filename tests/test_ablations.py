@@ -210,7 +210,7 @@ def test_readme_tables_are_the_generated_ones():
     readme = (root / "README.md").read_text()
     quoted = 0
     for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "convergence.md",
-                 "budgets.md"):
+                 "budgets.md", "autoencoders.md"):
         path = root / "paper_assets" / "dev" / name
         if not path.exists():
             continue
@@ -276,6 +276,14 @@ def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path
     assert set(P.with_recipe(rows, "smoke")["run_id"]) == {short.run_name, longer.run_name}  # neither is the preset's 40
     as_preset = rows.assign(train_steps=[40 if r == longer.run_name else s for r, s in zip(rows["run_id"], rows["train_steps"])])
     assert set(P.with_recipe(as_preset, "smoke")["run_id"]) == {longer.run_name}  # the preset's budget wins
+    # collected on its own into results that hold the short run (--merge): the evaluations it copied
+    # from the short run are still kept once, or the convergence mean would count that seed twice
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / longer.run_name).symlink_to(runs / longer.run_name)
+    merged = collect(only, tmp_path / "results", mode="merge")["evals"]
+    assert sorted(merged[merged["run_id"] == longer.run_name]["step"]) == [6, 8]
+    assert sorted(merged[merged["run_id"] == short.run_name]["step"]) == [2, 4]  # the merged-back run keeps its own
 
 
 def test_a_learning_rate_probe_is_its_own_recipe_and_not_a_study_row():
@@ -421,21 +429,6 @@ def test_collect_records_the_gain_the_lambda_mixers_started_at():
     assert _effective_gain(resolve("dev", arm="linear").to_dict()) is None
 
 
-def test_an_extended_run_does_not_count_its_seed_twice_in_the_convergence_mean():
-    """A 12000-step run extending a 6000-step one carries the shorter run's evaluations; seed 0 must
-    not then weigh double against seed 1 in the mean over seeds."""
-    from lambda_blocks import plotting as P
-
-    base = P.preset_recipe("dev")
-    ev = pd.DataFrame({"run_id": ["s0-6k", "s0-12k", "s1-6k"], "arm": "lmi", "size": "tiny", "seed": [0, 0, 1],
-                       "prediction": "v", "loss_weighting": "min_snr", "train_decay_steps": 0,
-                       "train_steps": [6000, 12000, 6000], "train_lr": base["lr"], "lambda_gain": base["lambda_gain"],
-                       "step": 6000, "lpips": [0.02, 0.02, 0.05], "n": 32})
-    table = P.convergence_table(ev, steps=(6000,), base_lr=base["lr"], base_gain=base["lambda_gain"])
-    assert "| LλMI | v + Min-SNR | 6000 | 0.035 |" in table  # (0.02 + 0.05) / 2, not (0.02 + 0.02 + 0.05) / 3
-    assert table.rstrip().split("\n")[2].split("|")[-2].strip() == "2"
-
-
 def test_the_budget_table_groups_by_steps_pairs_with_the_floor_and_states_the_target():
     from lambda_blocks import plotting as P
 
@@ -475,3 +468,14 @@ def test_collect_records_finished_autoencoders_and_keeps_them_across_collections
                                          seed=1), other, progress=False)
     ae2 = collect(other, res, mode="merge")["autoencoders"]
     assert set(ae2["ae_run"]) == {first.name, second.name}  # the first one's row is kept
+
+
+def test_the_autoencoder_table_is_every_recorded_run():
+    from lambda_blocks import plotting as P
+
+    ae = pd.DataFrame({"ae_run": ["ae-a", "ae-b"], "factor": [4, 2], "widths": ["[16, 32]", "[32]"], "steps": [700, 3000],
+                       "perceptual_weight": [0.0, 0.5], "psnr": [20.71, 26.06], "ssim": [0.57, 0.81], "lpips": [0.36, 0.047],
+                       "train_time_s": [144.2, 443.1]})
+    rows = [ln for ln in P.autoencoder_table(ae).splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert rows == ["| 4 | 16, 32 | 700 | 0 | 20.7 | 0.570 | 0.360 | 144 | ae-a |",
+                    "| 2 | 32 | 3000 | 0.5 | 26.1 | 0.810 | 0.047 | 443 | ae-b |"]
