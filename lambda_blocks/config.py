@@ -115,7 +115,7 @@ class TrainCfg:
     ckpt_every: int = 250  # 0: only at the end
     sample_steps: int = 10  # DDIM steps of the periodic evaluation
     log_every: int = 10
-    amp_bf16: bool = False  # bf16 autocast, CUDA only (ignored, and recorded as such, on CPU)
+    amp_bf16: bool = False  # bf16 autocast on CUDA and on CPUs with native bf16 (train.amp_active); ignored, and recorded, elsewhere
     channels_last: bool = True  # the U-Net's weights, so its activations, in channels_last (benchmarks/bench_unet.py)
     compile: bool = False  # torch.compile the U-Net's training forward (not the KD student's); a new hash when on
     device: str = "auto"
