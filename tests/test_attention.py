@@ -273,3 +273,27 @@ def test_without_a_gain_a_lambda_branch_starts_far_larger_than_an_attention_bran
     for n, (raw, gained) in lam.items():
         assert raw > 10 * max(attn), (n, raw, attn)
         assert min(attn) / 3 < gained < 3 * max(attn), (n, gained, attn)
+
+
+def test_slow_bf16_cpu_ops_compute_in_float32_under_autocast_only():
+    """GroupNorm32 (the U-Net's GroupNorm) and linear attention's elu+1 feature map upcast a bf16
+    input under autocast (CPU's bf16 kernels for them were 3-5x slower than float32) and are the
+    plain ops otherwise: same state-dict keys as nn.GroupNorm, bit-identical in float32."""
+    from lambda_blocks.layers.attention import FEATURE_MAPS
+    from lambda_blocks.layers.blocks import group_norm
+    from lambda_blocks.layers.common import GroupNorm32, f32_under_autocast
+
+    gn = group_norm(32)
+    ref = torch.nn.GroupNorm(gn.num_groups, 32, eps=gn.eps)
+    ref.load_state_dict(gn.state_dict())
+    assert isinstance(gn, GroupNorm32) and set(gn.state_dict()) == set(ref.state_dict())
+    x = torch.randn(2, 32, 5, 7)
+    assert torch.equal(gn(x), ref(x))
+    xb = x.bfloat16()
+    assert f32_under_autocast(xb) is xb  # no autocast: untouched
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gn(xb)
+        phi = FEATURE_MAPS["elu"](xb)
+        assert f32_under_autocast(x) is x  # float32 stays as it is
+    assert out.dtype == torch.float32 and torch.equal(out, ref(xb.float()))
+    assert phi.dtype == torch.float32 and torch.equal(phi, torch.nn.functional.elu(xb.float()) + 1)

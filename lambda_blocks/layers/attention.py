@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .common import TokenMixer, check_divides, check_positive, explicit_ops_enabled, register_attention
+from .common import TokenMixer, check_divides, f32_under_autocast, check_positive, explicit_ops_enabled, register_attention
 
 
 def _heads_and_depth(dim: int, heads: int, dim_head: int | None) -> tuple[int, int]:
@@ -97,7 +97,8 @@ class VanillaAttention(TokenMixer):
         return n * self.dim * inner + kv + 2 * n * m * inner + n * inner * self.dim
 
 
-FEATURE_MAPS = {"elu": lambda t: F.elu(t) + 1.0, "relu": F.relu}
+# elu in float32 under autocast: CPU's bf16 ELU took 4.9x the float32 one (common.f32_under_autocast)
+FEATURE_MAPS = {"elu": lambda t: F.elu(f32_under_autocast(t)) + 1.0, "relu": F.relu}
 
 
 @register_attention("linear", roles=("self",), label="Linear attn", color="#DD8452")

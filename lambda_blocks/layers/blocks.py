@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, TokenMixer, check_positive, create_mixer, mixers, register_attention
+from .common import GroupNorm32, LayerNorm2d, TokenMixer, check_positive, create_mixer, mixers, register_attention
 
 FFNS = ("mlp", "mixffn", "none")
 
@@ -38,7 +38,7 @@ def group_norm(channels: int, max_groups: int = 32, min_channels: int = 2) -> nn
     ``min_channels=1`` is the authors' choice (always 32 groups where C allows)."""
     check_positive(min_channels=min_channels)
     groups = max([g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= min_channels] or [1])
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm32(groups, channels, eps=1e-6)  # float32 under autocast (common.f32_under_autocast)
 
 
 class MixFFN(nn.Module):
