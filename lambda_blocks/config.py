@@ -452,8 +452,11 @@ def _validate(cfg: ExpCfg) -> None:
             raise ValueError(f"latent.ae_path must be a folder path (a string) or null, got {cfg.latent.ae_path!r}")
         if cfg.latent.space != "latent":
             raise ValueError("latent.ae_path is an autoencoder for latent space: set latent.space=latent with it")
-    if cfg.latent.ae_preset is not None and cfg.latent.ae_preset not in PRESETS:
-        raise ValueError(f"latent.ae_preset={cfg.latent.ae_preset!r}; choose one of {list(PRESETS)} or null")
+    if cfg.latent.ae_preset is not None:
+        from .latent.autoencoder import AE_PRESETS
+
+        if cfg.latent.ae_preset not in AE_PRESETS:
+            raise ValueError(f"latent.ae_preset={cfg.latent.ae_preset!r}; choose one of {list(AE_PRESETS)} or null")
     kd = cfg.kd
     _check_choice("kd.weighting", kd.weighting, KD_WEIGHTINGS)
     _check_choice("kd.perceptual", kd.perceptual, KD_PERCEPTUAL)
@@ -602,6 +605,13 @@ def _build(preset: str, arm: str, size: str | None, seed: int, overrides: Mappin
     return cfg
 
 
+# The autoencoder a latent-space run of a preset gets when ``latent.ae_preset`` is null (default:
+# the autoencoder preset of the same name). dev: the f=2 autoencoder with the LPIPS term, because
+# the `dev` one (f=4, 700 steps, 20.7 dB / LPIPS 0.36) bounded every latent number below a
+# mean-colour fill.
+DEFAULT_AE_PRESET: dict[str, str] = {"dev": "dev-f2"}
+
+
 def resolve(preset: str = "smoke", arm: str = "lmi", size: str | None = None, seed: int = 0,
             overrides: Mapping[str, Any] | None = None, **kw_overrides: Any) -> ExpCfg:
     """The validated config of one run.
@@ -624,7 +634,13 @@ def resolve(preset: str = "smoke", arm: str = "lmi", size: str | None = None, se
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     merged = dict(overrides or {})
     merged.update(kw_overrides)
-    return _build(preset, arm, size, seed, merged, base=preset)
+    cfg = _build(preset, arm, size, seed, merged, base=preset)
+    la = cfg.latent
+    if la.space == "latent" and la.ae_preset is None and la.ae_path is None and preset in DEFAULT_AE_PRESET:
+        # written into the config, so into the hash: a run made with another default autoencoder
+        # (null then meant the preset's own) keeps its name and is never resumed onto this one
+        cfg = dataclasses.replace(cfg, latent=dataclasses.replace(la, ae_preset=DEFAULT_AE_PRESET[preset]))
+    return cfg
 
 
 def config_hash(cfg: ExpCfg | Mapping[str, Any]) -> str:

@@ -339,3 +339,28 @@ def test_perceptual_term_is_validated_hash_optional_and_enters_the_loss():
     assert model.dec_out.weight.grad is not None and model.dec_out.weight.grad.abs().sum() > 0
     plain = _losses(model, x, ae_config("smoke", kl_weight=0.0), step=0)
     assert float(plain["perceptual"]) == 0.0
+
+
+def test_dev_latent_runs_default_to_the_f2_autoencoder_and_pixel_runs_are_untouched():
+    """A dev latent-space run with no ``latent.ae_preset`` gets ``dev-f2`` written into its config
+    (so into its hash: a run made when null meant the `dev` autoencoder keeps its own name); an
+    explicit preset or a diffusers folder is kept; pixel-space configs, and the other presets, are
+    exactly as before."""
+    from lambda_blocks.config import ExpCfg, config_hash, resolve
+    from lambda_blocks.latent.autoencoder import AE_PRESETS
+
+    lat = resolve("dev", arm="lmi", overrides={"latent.space": "latent", "data.image_size": 64})
+    assert lat.latent.ae_preset == "dev-f2" and "dev-f2" in AE_PRESETS
+    acfg = lat.ae_config()
+    assert (acfg.preset, acfg.factor, acfg.widths, acfg.perceptual_weight) == ("dev-f2", 2, (32,), 0.5)
+    assert acfg.image_size == 64 and lat.work_size == 32
+    assert config_hash(ExpCfg.from_dict(lat.to_dict())) == config_hash(lat)  # a written config reads back
+    null_meant_dev = lat.to_dict()
+    null_meant_dev["latent"]["ae_preset"] = None
+    assert config_hash(null_meant_dev) != config_hash(lat)
+    kept = resolve("dev", overrides={"latent.space": "latent", "latent.ae_preset": "dev"})
+    assert kept.latent.ae_preset == "dev" and kept.ae_config().factor == 4
+    assert resolve("dev").latent.ae_preset is None and resolve("dev").latent == type(lat.latent)()
+    assert resolve("smoke", overrides={"latent.space": "latent"}).latent.ae_preset is None
+    with pytest.raises(ValueError, match="dev-f2"):  # the message lists the autoencoder presets
+        resolve("dev", overrides={"latent.space": "latent", "latent.ae_preset": "nope"})

@@ -44,9 +44,10 @@ DISTILL_PRESETS: dict[str, dict[str, Any]] = {
         "latent.space": "latent",
         "kd.teacher_size": "small", "kd.teacher_overrides": {"train.steps": 80},
     },
-    # 64 px images -> 16x16x4 latents (the paper's 9-channel input at 1/16 of its side), 300 student
-    # steps (a student step costs about a quarter of a 32 px pixel-space step); a base vanilla
-    # teacher (5.4M params, 0.9 s per step) trained 3x longer than the student.
+    # 64 px images -> 32x32x4 latents of the `dev-f2` autoencoder (config.DEFAULT_AE_PRESET; the
+    # paper's 9-channel input), so a student step costs about what a 32 px pixel-space step does;
+    # 300 student steps; a base vanilla teacher (5.4M params) trained 3x longer than the student.
+    # The step counts predate the converging recipe and the f=2 autoencoder: not yet re-measured.
     "dev": {
         "latent.space": "latent", "data.image_size": 64, "train.steps": 300,
         "kd.teacher_size": "base", "kd.teacher_overrides": {"train.steps": 900, "train.ckpt_every": 300},
