@@ -93,11 +93,15 @@ def main(argv=None) -> int:
         rows.append(dict(arm=arm, mode=mode, side=args.side, batch=args.batch, latency_ms=tm.median_ms, iqr_ms=tm.iqr_ms,
                          compile_s=compile_s[arm], max_rel_diff=rel_diff[arm], threads=tm.threads,
                          hardware=P.hardware_name(device), torch_version=torch.__version__))
+    return _write(rows, args.out, "compile_bench", markdown)
+
+
+def _write(rows: list[dict], out: str | None, name: str, table_of) -> int:
+    """The tidy CSV (``results/<name>-<tag>.csv`` unless ``out``) and its Markdown table, printed."""
     df = pd.DataFrame(rows)
-    out = args.out or os.path.join(ROOT, "results", f"compile_bench-{tag(device.type)}.csv")
-    table = markdown(df)
+    table = table_of(df)
     print(table)
-    write_results(out, df, table)
+    write_results(out or os.path.join(ROOT, "results", f"{name}-{tag('cpu')}.csv"), df, table)
     return 0
 
 
@@ -143,12 +147,7 @@ def train_main(args) -> int:
                          compiled_img_s=ips["compiled"], compile_s=first_s["compiled"], update_rel_diff=rel,
                          steps_per_round=args.steps, rounds=args.rounds, threads=torch.get_num_threads(),
                          hardware=P.hardware_name(torch.device("cpu")), torch_version=torch.__version__))
-    df = pd.DataFrame(rows)
-    out = args.out or os.path.join(ROOT, "results", f"compile_train-{tag('cpu')}.csv")
-    table = train_markdown(df)
-    print(table)
-    write_results(out, df, table)
-    return 0
+    return _write(rows, args.out, "compile_train", train_markdown)
 
 
 if __name__ == "__main__":
