@@ -119,7 +119,6 @@ def train_markdown(df: pd.DataFrame) -> str:
 def train_main(args) -> int:
     """``--pass train_step``: eager against ``train.compile=true`` for the preset's training step."""
     from bench_train_throughput import Stepper, measure, with_overrides
-    from lambda_blocks import train as T
     from lambda_blocks.config import resolve
 
     header(f"torch.compile vs eager, {args.preset} training step", "cpu")
@@ -134,8 +133,7 @@ def train_main(args) -> int:
         for mode, st in pair.items():
             before = torch.cat([p.detach().flatten().clone() for p in st.model.parameters()])
             t0 = time.perf_counter()
-            T.train_step(st.state, st.cfg, st.diff,
-                         lambda s, lo, hi, st=st: T.make_batch(st.cfg, st.diff, st.data, s, lo, hi))
+            st.step()
             first_s[mode] = time.perf_counter() - t0
             deltas[mode] = torch.cat([p.detach().flatten() for p in st.model.parameters()]) - before
         rel = float((deltas["compiled"] - deltas["eager"]).abs().max() / deltas["eager"].abs().max().clamp_min(1e-30))

@@ -588,7 +588,7 @@ class StepOut:
 def amp_active(requested: bool, device: torch.device, isa: str | None = None) -> bool:
     """Whether ``train.amp_bf16`` takes effect: on CUDA, and on a CPU with native bf16 dot products
     (AVX512-BF16 or AMX, ``profiling.cpu_isa`` ends in ``-bf16``), where benchmarks/bench_unet.py
-    measures the bf16-autocast training step 1.04-1.6x faster than fp32. Elsewhere bf16 is emulated
+    measures the bf16-autocast training step 1.00-1.68x the fp32 speed. Elsewhere bf16 is emulated
     and slower, so the request is ignored (and recorded as ``amp_bf16_active`` in the run's env)."""
     if not requested:
         return False

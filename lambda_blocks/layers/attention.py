@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .common import TokenMixer, check_divides, f32_under_autocast, check_positive, explicit_ops_enabled, register_attention
+from .common import TokenMixer, check_divides, check_positive, explicit_ops_enabled, f32_under_autocast, register_attention
 
 
 def _heads_and_depth(dim: int, heads: int, dim_head: int | None) -> tuple[int, int]:
