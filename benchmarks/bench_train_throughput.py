@@ -75,6 +75,30 @@ def measure(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, 
     return {k: statistics.median(v) for k, v in per.items()}
 
 
+def micro_batch_part(arms, accums, steps: int, rounds: int, preset: str = "dev") -> list[dict]:
+    """images/s of the ``preset`` step per arm with the batch split into each of ``accums`` micro-batches
+    (``train.grad_accum``), all steppers interleaved in one measurement; ratio to the first value."""
+    print(f"\n## micro-batches: the {preset} step with train.grad_accum = {accums} (same update), images/s")
+    head = f"{'arm':<20}" + "".join(f"{f'accum {a}':>12}" for a in accums) + "".join(
+        f"{f'x{a}/{accums[0]}':>10}" for a in accums[1:])
+    print(head)
+    print("-" * len(head))
+    steppers = {(arm, a): Stepper(resolve(preset, arm=arm, overrides={"train.grad_accum": a}))
+                for arm in arms for a in accums}
+    ips = measure(steppers, steps, rounds)
+    rows = []
+    for arm in arms:
+        ref = ips[(arm, accums[0])]
+        print(f"{arm:<20}" + "".join(f"{ips[(arm, a)]:>12.1f}" for a in accums)
+              + "".join(f"{ips[(arm, a)] / ref:>10.2f}" for a in accums[1:]), flush=True)
+        for a in accums:
+            st = steppers[(arm, a)]
+            rows.append(dict(part="grad_accum", preset=preset, arm=arm, batch=st.batch, image_size=st.size,
+                             params=st.model.num_params(), grad_accum=a, images_per_s=ips[(arm, a)],
+                             s_per_step=st.batch / ips[(arm, a)], vs_first_accum=ips[(arm, a)] / ref))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=["vanilla", "linear", "local_lambda", "lmi"])
@@ -84,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU presets use 1)")
+    ap.add_argument("--grad-accum", nargs="+", type=int, default=[], metavar="N",
+                    help="also time the dev step split into N micro-batches (train.grad_accum: the same update, "
+                         "a smaller working set per forward/backward); the first value is the reference")
     ap.add_argument("--out", default=None, help="tidy CSV (default: results/train_throughput-<tag>.csv)")
     args = ap.parse_args(argv)
     rows = []
@@ -128,6 +155,8 @@ def main(argv=None) -> int:
             rows.append(dict(part="image_size", preset="smoke", arm=arm, batch=args.scale_batch, image_size=s,
                              params=steppers[s].model.num_params(), images_per_s=ips[s], s_per_step=args.scale_batch / ips[s],
                              slowdown_vs_first_size=ips[args.sizes[0]] / ips[s]))
+    if args.grad_accum:
+        rows += micro_batch_part(args.arms, args.grad_accum, args.steps, args.rounds)
     import pandas as pd
 
     from benchmarks._common import tag, write_results

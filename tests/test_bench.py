@@ -202,3 +202,31 @@ def test_the_compile_benchmark_times_train_compile_against_eager(monkeypatch, tm
     md = out.with_suffix(".md").read_text()
     ratio = df["compiled_img_s"].iloc[0] / df["eager_img_s"].iloc[0]
     assert f"| {ratio:.2f} |" in md and "| linear | smoke | 4 | 32 |" in md
+
+
+def test_the_micro_batch_part_times_the_same_update_split(monkeypatch):
+    """bench_train_throughput's --grad-accum part compares steps that make the same update: a step
+    split into 2 micro-batches moves the weights as the whole-batch step does (to float rounding),
+    and the rows carry the split they timed."""
+    import bench_train_throughput as BT
+
+    def stepper(accum):
+        return BT.Stepper(BT.resolve("smoke", arm="linear", overrides={
+            "train.grad_accum": accum, "train.batch_size": 4, "data.image_size": 16}))
+
+    start, whole, split = stepper(1), stepper(1), stepper(2)
+    assert split.cfg.train.grad_accum == 2 and whole.cfg.train.grad_accum == 1
+    whole.step()
+    split.step()
+    moved = 0.0
+    for k, v in whole.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, split.model.state_dict()[k], rtol=1e-4, atol=1e-6), k
+            moved = max(moved, float((v - start.model.state_dict()[k]).abs().max()))
+    assert moved > 1e-4  # the step changed the weights, so the agreement above is not trivial
+    monkeypatch.setattr(BT, "measure", lambda st, steps, rounds: {k: 10.0 * (1 + k[1]) for k in st})
+    monkeypatch.setattr(BT, "Stepper", lambda c: type("S", (), {"batch": c.train.batch_size, "size": 16,
+                                                                 "model": whole.model})())
+    rows = BT.micro_batch_part(["linear"], [1, 4], steps=1, rounds=1, preset="smoke")
+    assert [r["grad_accum"] for r in rows] == [1, 4]
+    assert rows[1]["vs_first_accum"] == pytest.approx(50.0 / 20.0)
