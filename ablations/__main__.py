@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lambda_blocks.config import PRESETS  # one list of presets
 
-from .runner import ROOT, run_sweep
+from .runner import ROOT, load_sweep, run_sweep
 
 STUDY_SWEEPS = ("floor.yaml", "quality_vs_size.yaml", "resolution.yaml", "table2.yaml", "distill.yaml")
 FIGURE_NOTEBOOKS = ("notebooks/30_quality_vs_size.ipynb", "notebooks/90_paper_figures.ipynb")
@@ -32,6 +32,11 @@ def _sets(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    try:  # a misspelt sweep or a broken sweep file is one line, before any work
+        load_sweep(args.sweep)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     d = dirs(args.preset, args.runs)
     cluster = {k: v for k, v in (("timeout_min", args.timeout_min), ("slurm_partition", args.partition),
                                  ("gpus_per_node", args.gpus), ("cpus_per_task", args.cpus)) if v is not None}
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ablations", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="run one sweep")
-    p.add_argument("sweep", type=Path)
+    p.add_argument("sweep", type=Path, help="a sweep file, or a shipped sweep's name (table2 = ablations/table2.yaml)")
     p.add_argument("--preset", choices=PRESETS, default="smoke")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is finished")

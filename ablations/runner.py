@@ -83,8 +83,32 @@ def _variant_arms() -> list[str]:
     return variant_arm_names()
 
 
+def sweep_names() -> list[str]:
+    """The sweeps shipped in ``ablations/`` (file stems: ``table2`` for ``ablations/table2.yaml``)."""
+    return sorted(f.stem for f in (ROOT / "ablations").glob("*.yaml"))
+
+
+def find_sweep(name: Path | str) -> Path:
+    """A sweep file from a path or from a shipped sweep's name (``table2``, ``table2.yaml``).
+
+    An existing path wins (relative to here, then to the repository); otherwise
+    ``ablations/<name>.yaml``. Neither: FileNotFoundError naming
+    the shipped sweeps."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if not path.is_absolute() and (ROOT / path).is_file():  # ablations/table2.yaml from another folder
+        return ROOT / path
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    shipped = ROOT / "ablations" / f"{stem}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no sweep {str(name)!r}: not a file, and not one of the shipped sweeps "
+                            f"{sweep_names()} (ablations/<name>.yaml)")
+
+
 def load_sweep(path: Path | str) -> Sweep:
-    path = Path(path)
+    path = find_sweep(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

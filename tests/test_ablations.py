@@ -50,6 +50,31 @@ def test_sweep_validation(tmp_path):
         load_sweep(bad).points("dev")
 
 
+def test_a_sweep_is_named_by_path_or_by_name_and_a_wrong_name_is_one_line(tmp_path, capsys, monkeypatch):
+    from ablations.__main__ import main
+    from ablations.runner import ROOT, find_sweep, sweep_names
+
+    shipped = ROOT / "ablations" / "table2.yaml"
+    assert {"floor", "table2", "distill", "quality_vs_size", "resolution"} <= set(sweep_names())
+    monkeypatch.chdir(tmp_path)  # names resolve against the repository, not the working folder
+    assert find_sweep("table2") == find_sweep("table2.yaml") == find_sweep("ablations/table2.yaml") == shipped
+    assert find_sweep(shipped) == shipped
+    own = make_sweep(tmp_path)
+    assert find_sweep(own) == own and find_sweep("sweep.yaml") == Path("sweep.yaml")  # a file here wins
+    with pytest.raises(FileNotFoundError, match="table3.*shipped sweeps.*table2"):
+        find_sweep("table3")
+    assert load_sweep("table2").name == "table2"
+    assert main(["run", "tabel2", "--preset", "dev", "--runs", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tabel2" in err[0] and "table2" in err[0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert main(["run", str(bad), "--preset", "dev", "--runs", str(tmp_path), "--dry-run"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["run", "floor", "--preset", "smoke", "--runs", str(tmp_path), "--dry-run"]) == 0  # by name
+    assert "floor: 4 runs" in capsys.readouterr().out
+
+
 def test_grid_expansion_and_preset_overrides(tmp_path):
     sweep = load_sweep(make_sweep(tmp_path))
     assert [p["x"] for p in sweep.points("dev")] == [1, 2, 3]
