@@ -230,3 +230,33 @@ def test_the_micro_batch_part_times_the_same_update_split(monkeypatch):
     rows = BT.micro_batch_part(["linear"], [1, 4], steps=1, rounds=1, preset="smoke")
     assert [r["grad_accum"] for r in rows] == [1, 4]
     assert rows[1]["vs_first_accum"] == pytest.approx(50.0 / 20.0)
+
+
+def test_the_apply_layout_benchmark_compares_the_same_numbers_and_restores_the_package(monkeypatch):
+    """bench_apply_layout times the queries as they arrive against N-contiguous: both variants give
+    the same U-Net output, each row's speed-up is the ratio of its two medians, and the package's
+    apply_lambdas is back in place after the run (also when a measurement raises)."""
+    import bench_apply_layout as BA
+    from lambda_blocks.layers import lambda_layers as LL
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 8, 30).transpose(-1, -2).contiguous().transpose(-1, -2)  # pixels at stride k
+    lam = torch.randn(2, 8, 5, 30)
+    assert q.stride(-1) != 1
+    torch.testing.assert_close(BA.as_arrived(q, lam), LL.apply_lambdas(q, lam), rtol=0, atol=0)
+    fwd = BA.calls("local_lambda", 16, 2, 2)["fwd_b1"]
+    outs = {}
+    for name, impl in BA.VARIANTS.items():
+        monkeypatch.setattr(LL, "apply_lambdas", impl)
+        outs[name] = fwd()
+    monkeypatch.undo()
+    torch.testing.assert_close(outs["as_arrived"], outs["contiguous"])
+    df = BA.measure(["local_lambda"], [16], batch=2, fwd_batch=2, rounds=1)
+    assert list(df["pass"]) == ["fwd_b1", "fwd_b2", "train_step_b2"]
+    assert (df["speedup"] - df["as_arrived_ms"] / df["contiguous_ms"]).abs().max() < 1e-9
+    assert LL.apply_lambdas is BA.NEW
+    monkeypatch.setattr(BA, "calls", lambda *a: {"boom": lambda: 1 / 0})
+    with pytest.raises(ZeroDivisionError):
+        BA.measure(["local_lambda"], [16], batch=2, fwd_batch=2, rounds=1)
+    assert LL.apply_lambdas is BA.NEW
+    assert "| local_lambda | 16 | fwd_b1 |" in BA.table(df)

@@ -191,6 +191,28 @@ def test_apply_lambdas_matches_einsum_and_gradcheck():
     assert torch.autograd.gradcheck(apply_lambdas, (q, lam))
 
 
+def test_apply_lambdas_streams_contiguous_pixel_rows(monkeypatch):
+    """Queries normalised by LayerNorm2d are channels-last views (pixels at stride k); the fused
+    passes get them with the pixel axis contiguous, and the result is unchanged."""
+    from lambda_blocks.layers import lambda_layers as LL
+
+    torch.manual_seed(0)
+    m = LL.LocalLambda(16, heads=4, r=5)
+    x = torch.randn(2, 16, 6, 7)
+    q = m.norm_q(m.to_q(x)).flatten(2).unflatten(1, (4, 4))  # (B, h, k, N), as LocalLambda.forward makes it
+    assert q.stride(-1) != 1, "the case this guards: LayerNorm2d's output is channels-last"
+    lam = torch.randn(2, 4, 4, 42)
+    seen = []
+    real = LL._ApplyLambdas.apply
+    monkeypatch.setattr(LL._ApplyLambdas, "apply", lambda qq, ll: seen.append(qq.stride(-1)) or real(qq, ll))
+    y = apply_lambdas(q, lam)
+    assert seen == [1]
+    torch.testing.assert_close(y, torch.einsum("bhkn,bkvn->bhvn", q, lam))
+    seen.clear()
+    m(x).sum().backward()  # the layer itself goes through the same path
+    assert seen == [1] and m.to_q.weight.grad is not None
+
+
 # ------------------------------------------------------------------------------------------------
 # latency / memory dispatch (no timing assertions)
 
