@@ -14,6 +14,7 @@ ratios, not absolute times across runs. Writes the tidy rows to results/train_th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -56,9 +57,13 @@ class Stepper:
 
 
 def with_overrides(cfg, over: dict):
-    """``cfg`` resolved again with ``over`` on top (same preset, arm, size and seed)."""
-    return resolve(cfg.preset, arm=cfg.arm, size=cfg.size, seed=cfg.seed,
-                   overrides={**{f"unet.{k}": v for k, v in cfg.model.unet.items()}, **over})
+    """``cfg`` resolved again with ``over`` on top: same preset, arm, size and seed, and every setting
+    of ``cfg`` kept (an override it was made with, such as ``train.grad_accum``, is not reset to the
+    preset's value)."""
+    flat = {f"{sec}.{k}": v for sec in ("model", "diffusion", "data", "train", "eval", "latent", "kd")
+            for k, v in dataclasses.asdict(getattr(cfg, sec)).items() if (sec, k) != ("model", "unet")}
+    flat.update({f"unet.{k}": v for k, v in cfg.model.unet.items()})
+    return resolve(cfg.preset, arm=cfg.arm, size=cfg.size, seed=cfg.seed, overrides={**flat, **over})
 
 
 def measure(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, float]:

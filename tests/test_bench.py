@@ -214,6 +214,9 @@ def test_the_micro_batch_part_times_the_same_update_split(monkeypatch):
         return BT.Stepper(BT.resolve("smoke", arm="linear", overrides={
             "train.grad_accum": accum, "train.batch_size": 4, "data.image_size": 16}))
 
+    kept = BT.Stepper(BT.resolve("smoke", arm="lmi", overrides={"train.grad_accum": 2, "unet.heads": 2}),
+                      batch=4, image_size=16).cfg  # re-sized, its own overrides kept
+    assert (kept.train.grad_accum, kept.model.unet, kept.train.batch_size, kept.data.image_size) == (2, {"heads": 2}, 4, 16)
     start, whole, split = stepper(1), stepper(1), stepper(2)
     assert split.cfg.train.grad_accum == 2 and whole.cfg.train.grad_accum == 1
     whole.step()
