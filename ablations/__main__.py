@@ -41,7 +41,7 @@ def cmd_run(args) -> int:
     cluster = {k: v for k, v in (("timeout_min", args.timeout_min), ("slurm_partition", args.partition),
                                  ("gpus_per_node", args.gpus), ("cpus_per_task", args.cpus)) if v is not None}
     results = run_sweep(args.sweep, args.preset, d["runs"], jobs=args.jobs, dry_run=args.dry_run, sets=_sets(args),
-                        launcher=args.launcher, cluster=cluster)
+                        launcher=args.launcher, cluster=cluster, recorded=d["results"] / "runs.csv")
     return 0 if args.dry_run or all(r["status"] != "failed" for r in results) else 1
 
 

@@ -269,8 +269,13 @@ LAUNCHERS = ("local", "submitit", "submitit-local")
 
 def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1, dry_run: bool = False,
               kernel: str = "python3", echo=print, sets: Mapping[str, Any] | None = None,
-              launcher: str = "local", cluster: Mapping[str, Any] | None = None) -> list[dict]:
+              launcher: str = "local", cluster: Mapping[str, Any] | None = None,
+              recorded: Path | str | None = None) -> list[dict]:
     """Run every unfinished point of a sweep. Returns one record per point (skipped/done/failed).
+
+    ``recorded``: a collected ``runs.csv``; a dry run marks the unfinished points whose run it
+    records as finished (their results are committed, their folders are not here: running the sweep
+    would train them again).
 
     ``sets``: config overrides for every point (``with_sets``). ``launcher``: ``local`` (``jobs``
     threads on this machine), ``submitit`` (one job per pending point through submitit: Slurm
@@ -293,12 +298,19 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
         planned.append((p, run_dir, done))
     stage_plan = plan_stages(sweep, [p for p, _, d in planned if not d], preset, out_root)
     if dry_run:
+        known = recorded_runs(recorded)
+        if recorded is not None and Path(recorded).resolve().is_relative_to(ROOT):
+            recorded = Path(recorded).resolve().relative_to(ROOT)  # results/dev/runs.csv
         for st, done in stage_plan:
             echo(f"{'done ' if done else 'todo '} {st.name:<48} (stage: {st.kind}, trained first)")
         for p, run_dir, done in planned:
-            echo(f"{'done ' if done else 'todo '} {run_dir.name:<48} {json.dumps(p, sort_keys=True)}")
-        echo(f"{sweep.name}: {len(planned)} runs, {sum(d for *_, d in planned)} finished")
-        return [dict(params=p, run_dir=str(r), status="done" if d else "planned") for p, r, d in planned]
+            note = f"  (recorded in {recorded}; its folder is not here)" if not done and run_dir.name in known else ""
+            echo(f"{'done ' if done else 'todo '} {run_dir.name:<48} {json.dumps(p, sort_keys=True)}{note}")
+        more = sum(not d and r.name in known for _, r, d in planned)
+        echo(f"{sweep.name}: {len(planned)} runs, {sum(d for *_, d in planned)} finished"
+             + (f", {more} more recorded in {recorded}" if more else ""))
+        return [dict(params=p, run_dir=str(r), status="done" if d else "planned", recorded=r.name in known)
+                for p, r, d in planned]
     todo = [(p, r) for p, r, d in planned if not d]
     results = [dict(params=p, run_dir=str(r), status="skipped") for p, r, d in planned if d]
     if not todo:
@@ -334,6 +346,19 @@ def run_sweep(path: Path | str, preset: str, out_root: Path | str, jobs: int = 1
     failed = sum(r["status"] == "failed" for r in results)
     echo(f"{sweep.name}: {len(todo) - failed} ran, {len(results) - len(todo)} skipped, {failed} failed")
     return results
+
+
+def recorded_runs(path: Path | str | None) -> set[str]:
+    """The run ids a collected ``runs.csv`` records as finished (empty without one)."""
+    if path is None or not Path(path).is_file():
+        return set()
+    import pandas as pd
+
+    df = pd.read_csv(path, usecols=lambda c: c in ("run_id", "status"))
+    if "run_id" not in df:
+        return set()
+    done = df["status"] == "done" if "status" in df else True
+    return set(df.loc[done, "run_id"].astype(str))
 
 
 def _submit(sweep: Sweep, todo, preset: str, out_root: Path, kernel: str, launcher: str,

@@ -28,6 +28,9 @@ def make_notebook(path: Path) -> Path:
     return path
 
 
+ROOT_SWEEPS = Path(__file__).resolve().parents[1] / "ablations"
+
+
 def make_sweep(tmp_path: Path, grid_x=(1, 2, 3)) -> Path:
     nb = make_notebook(tmp_path / "nb.ipynb")
     sweep = tmp_path / "sweep.yaml"
@@ -73,6 +76,23 @@ def test_a_sweep_is_named_by_path_or_by_name_and_a_wrong_name_is_one_line(tmp_pa
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["run", "floor", "--preset", "smoke", "--runs", str(tmp_path), "--dry-run"]) == 0  # by name
     assert "floor: 4 runs" in capsys.readouterr().out
+
+
+def test_a_dry_run_says_which_pending_runs_are_already_recorded(tmp_path):
+    """On a fresh clone the run folders are gone but results/<preset>/runs.csv records them: a dry
+    run marks those points (running would train them again) and counts them apart."""
+    sweep, lines = ROOT_SWEEPS / "floor.yaml", []
+    plain = run_sweep(sweep, "smoke", tmp_path, dry_run=True, echo=lambda m: None)
+    names = [Path(r["run_dir"]).name for r in plain]
+    csv = tmp_path / "runs.csv"
+    csv.write_text(f"run_id,status\n{names[0]},done\n{names[1]},failed\nsomething-else,done\n")
+    marked = run_sweep(sweep, "smoke", tmp_path, dry_run=True, echo=lines.append, recorded=csv)
+    assert [r["recorded"] for r in marked] == [True, False, False, False]  # a failed row is not a result
+    assert all(r["status"] == "planned" for r in marked)
+    assert [ln.split()[1] for ln in lines if "(recorded in" in ln] == [names[0]]
+    assert lines[-1].endswith(f"4 runs, 0 finished, 1 more recorded in {csv}")
+    assert [r["recorded"] for r in run_sweep(sweep, "smoke", tmp_path, dry_run=True, echo=lambda m: None,
+                                             recorded=tmp_path / "absent.csv")] == [False] * 4
 
 
 def test_grid_expansion_and_preset_overrides(tmp_path):
