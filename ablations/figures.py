@@ -88,6 +88,15 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             md, tex = P.table2(t2, P.caption_for(t2, preset), fl)
             _write(assets_dir / "table2_ablation.md", md, written)
             _write(assets_dir / "table2_ablation.tex", tex, written)
+            # each Table 2-only arm against the floor, the baseline (= linear) and Moebius (= lmi),
+            # paired over the same test images (the paper's ordering claims need intervals)
+            pairs = P.paired_rows(per_image, pd.concat([own, fl]), refs=["biharmonic", "telea"])
+            pairs += [r for r in P.paired_rows(per_image, t2, refs=["linear", "lmi"])
+                      if r["arm"] in set(own["arm"])]
+            if pairs:
+                _write(assets_dir / "paired_table2.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
+                _write(assets_dir / "paired_table2.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"),
+                       written)
         if len(latent):
             fl = P.floors_at(floors_all, int(latent["image_size"].mode().iloc[0]))
             md, tex = P.table_kd(latent, P.caption_kd(latent, preset), fl)

@@ -164,6 +164,13 @@ def fixture_results(tmp_path: Path) -> Path:
                     evals += [dict(run_id=r["run_id"], tag=arm, arm=arm, size=size, seed=seed, prediction="v",
                                    loss_weighting="min_snr", step=s, n=16, lpips=0.3 / s, lpips_hole=0.4 / s, fid=300 / s,
                                    psnr_hole=10 + s / 100) for s in (250, 500, 750)]
+    for seed in (0, 1):  # a Table 2-only arm: paired against the floor, the baseline and Moebius
+        r = {c: None for c in RUN_COLUMNS}
+        r.update(run_id=f"swap_conv-tiny-{seed}", status="done", arm="swap_conv", size="tiny", seed=seed, preset="dev",
+                 image_size=32, params=3e5, macs=3e7, psnr=20.0, ssim=0.6, lpips=0.25, lpips_hole=0.3, kid=0.01,
+                 fid=60.0, n_eval_images=16, hardware="cpu-test", kind="model", prediction="v",
+                 loss_weighting="min_snr", space="pixel")
+        add(r, 0.02)
     eps = {c: None for c in RUN_COLUMNS}
     eps.update(run_id="linear-eps", status="done", arm="linear", size="tiny", seed=0, preset="dev", image_size=32,
                params=4e5, macs=4e7, lpips=0.9, n_eval_images=16, kind="model", prediction="eps", loss_weighting="none")
@@ -220,6 +227,12 @@ def test_figures_regenerate_from_fixture_results(tmp_path):
                         & (paired["size"] == "tiny")].iloc[0]
     assert lmi_vs_lin["lo"] < -0.01 + 0.003 and lmi_vs_lin["hi"] > -0.01 - 0.003 and lmi_vs_lin["verdict"].startswith("lmi")
     assert (paired["ref"] == "biharmonic").any()
+    assert "swap_conv" not in set(paired["arm"])  # the quality-vs-size pairs are the variant arms'
+    t2p = pd.read_csv(assets / "paired_table2.csv")
+    assert set(t2p["arm"]) == {"swap_conv"} and set(t2p["ref"]) == {"biharmonic", "telea", "linear", "lmi"}
+    conv_vs_lin = t2p[(t2p["ref"] == "linear") & (t2p["metric"] == "lpips")].iloc[0]
+    assert conv_vs_lin["lo"] < 0.02 < conv_vs_lin["hi"] and conv_vs_lin["lo"] > 0  # the fixture's +0.02, resolved
+    assert "swap conv" in table.lower() or "DW" in table
     conv = (assets / "convergence.md").read_text()
     assert "| Linear attn | ε | 250 |" in conv and "floor: biharmonic" in conv
     slopes = (assets / "scaling_slopes.md").read_text()
@@ -254,8 +267,8 @@ def test_readme_tables_are_the_generated_ones():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     quoted = 0
-    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "convergence.md",
-                 "budgets.md", "autoencoders.md"):
+    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "paired_table2.md",
+                 "convergence.md", "budgets.md", "autoencoders.md"):
         path = root / "paper_assets" / "dev" / name
         if not path.exists():
             continue
