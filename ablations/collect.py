@@ -245,8 +245,8 @@ def collect(runs_root: Path | str, results_dir: Path | str, mode: str = "refuse"
                     old = pd.read_csv(path)
                     keep = old[old["run_id"].astype(str).isin(lost)]
                     if len(keep):
-                        out[name] = pd.concat([out.get(name, pd.DataFrame(columns=old.columns)), keep],
-                                              ignore_index=True)
+                        here = out.get(name)
+                        out[name] = keep if here is None or not len(here) else pd.concat([here, keep], ignore_index=True)
     if "evals" in out:  # after the merge: it may bring back the shorter run an extended one copied
         out["evals"] = _drop_copied_evals(out["evals"].reset_index(drop=True), out["runs"])
     if ae_rows:  # finished autoencoders; unless replacing, earlier rows stay and a run's new row replaces its old

@@ -185,9 +185,15 @@ def _jsonable(obj: Any) -> Any:
 def csv_text(df) -> str:
     """A tidy CSV: floats with 6 significant digits, whole-number columns (params, MACs, steps,
     counts) as integers even with gaps (an empty cell would otherwise turn 377561088 into 3.77561e+08)."""
+    import numpy as np
+    import pandas as pd
+
     df = df.copy()
     for c in df.columns:
         col = df[c]
+        if col.dtype == object and col.notna().any() and all(
+                isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in col.dropna()):
+            df[c] = col = pd.to_numeric(col)  # numbers in an object column (a concat with an empty frame makes one)
         if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all() and (col.dropna().abs() < 2**53).all():
             df[c] = col.astype("Int64")
     return df.to_csv(index=False, float_format="%.6g")

@@ -228,7 +228,22 @@ def test_collect_refuses_to_drop_recorded_runs(tmp_path):
     assert pd.read_csv(res / "runs.csv")["run_id"].tolist() == ["old-run"]  # nothing written
     out = collect(tmp_path / "runs", res, mode="merge")
     assert out["runs"]["run_id"].tolist() == ["old-run"]
+    # merging keeps the recorded file as it is: whole numbers stay integers beside a gap
+    text = "run_id,status,steps,params,lpips\nold-run,done,12000,455643,0.0152898\nfloor,done,,0,0.0182907\n"
+    (res / "runs.csv").write_text(text)
+    collect(tmp_path / "runs", res, mode="merge")
+    assert (res / "runs.csv").read_text() == text
     assert collect(tmp_path / "runs", res, mode="replace")["runs"].empty
+
+
+def test_csv_text_writes_numbers_held_in_an_object_column_as_numbers():
+    from lambda_blocks.records import csv_text
+
+    df = pd.concat([pd.DataFrame(columns=["n", "x", "s", "b"]),
+                    pd.DataFrame({"n": [12000.0, None], "x": [0.5, 1.25], "s": ["a", "b"], "b": [True, False]})],
+                   ignore_index=True)
+    assert df["n"].dtype == object  # what a concat with an empty frame gives
+    assert csv_text(df) == "n,x,s,b\n12000,0.5,a,True\n,1.25,b,False\n"
 
 
 # -- tracing -------------------------------------------------------------------------------------
