@@ -17,42 +17,63 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tables(path: Path) -> list[list[str]]:
-    """The Markdown tables of a file: runs of consecutive lines starting with '|'."""
+def _tables(path: Path) -> list[tuple[list[str], str]]:
+    """The Markdown tables of a file, each with its caption: (runs of consecutive lines starting
+    with '|', the first non-blank line after the run, or "")."""
+    lines = path.read_text().splitlines()
+    return [(t, _caption(lines, end)) for t, end in _runs(lines)]
+
+
+def _runs(lines: list[str]) -> list[tuple[list[str], int]]:
     out, cur = [], []
-    for ln in path.read_text().splitlines():
+    for k, ln in enumerate(lines):
         if ln.startswith("|"):
             cur.append(ln)
         elif cur:
-            out.append(cur)
+            out.append((cur, k))
             cur = []
     if cur:
-        out.append(cur)
+        out.append((cur, len(lines)))
     return out
+
+
+def _caption(lines: list[str], end: int) -> str:
+    for ln in lines[end:end + 3]:
+        if ln.strip():
+            return "" if ln.startswith("|") else ln.strip()
+    return ""
+
+
+def _similarity(a: str, b: str) -> float:
+    """Word overlap of two captions (Jaccard), 0 when either is missing."""
+    wa, wb = set(a.split()), set(b.split())
+    return len(wa & wb) / len(wa | wb) if wa and wb else 0.0
 
 
 def sync(readme: str, sources: list[Path]) -> tuple[str, list[str], list[str]]:
     """(new README text, tables replaced, tables whose header the README lacks).
 
     Tables with the same header line (one benchmark on two machines) are told apart by content:
-    each quote is replaced by the generated table that shares the most lines with it."""
+    each quote is replaced by the generated table that shares the most lines with it, and between
+    tables that share as many (a rerun changes every row), by the one whose caption (the line after
+    the table: the command and the machine) is closest to the quote's."""
     lines = readme.splitlines()
-    tables = [(src, t) for src in sources for t in _tables(src)]
+    tables = [(src, t, cap) for src in sources for t, cap in _tables(src)]
     replaced, missing = [], []
-    for src, table in tables:
+    for src, table, _ in tables:
         if table[0] not in lines:
             missing.append(f"{src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}: {table[0][:60]}")
     i = 0
     while i < len(lines):
-        cands = [(src, t) for src, t in tables if t[0] == lines[i]]
+        cands = [(src, t, cap) for src, t, cap in tables if t[0] == lines[i]]
         if not cands or (i > 0 and lines[i - 1].startswith("|")):
             i += 1
             continue
         j = i
         while j < len(lines) and lines[j].startswith("|"):
             j += 1
-        quote = set(lines[i:j])
-        src, table = max(cands, key=lambda c: len(quote & set(c[1])))  # first of the best on a tie
+        quote, quote_cap = set(lines[i:j]), _caption(lines, j)
+        src, table, _ = max(cands, key=lambda c: (len(quote & set(c[1])), _similarity(quote_cap, c[2])))  # first of the best on a tie
         lines[i:j] = table
         replaced.append(src.name)
         i += len(table)

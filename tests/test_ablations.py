@@ -300,6 +300,13 @@ def test_readme_sync_replaces_each_quoted_table_by_its_generated_rows(tmp_path):
     two = "| m | ms |\n|---|---|\n| fwd | 41 |\n| step | 900 |\n\ntext\n\n| m | ms |\n|---|---|\n| fwd | 20 |\n| step | 501 |\n"
     out = sync(two, [a, b])[0]  # same header, two machines: each quote takes the table it shares most with
     assert out == a.read_text() + "\ntext\n\n" + b.read_text()
+    # a rerun on one machine changes every row: the caption (command and machine) picks its table
+    a.write_text("| m | ms |\n|---|---|\n| fwd | 30 |\n| step | 800 |\n\n`bench` on Intel Xeon (avx512-bf16), 1 thread.\n")
+    b.write_text("| m | ms |\n|---|---|\n| fwd | 20 |\n| step | 500 |\n\n`bench --dtypes fp32` on AMD EPYC, 1 thread.\n")
+    for order in ([a, b], [b, a]):
+        out = sync(two.replace("\ntext\n", "\n`bench` on Intel Xeon, 1 thread.\n"), order)[0]
+        assert out.startswith("| m | ms |\n|---|---|\n| fwd | 30 |\n| step | 800 |\n\n`bench` on Intel Xeon, 1 thread.")
+        assert out.endswith("| fwd | 20 |\n| step | 500 |\n")
 
 
 def test_an_extended_run_is_collected_once_and_labelled_by_its_schedule(tmp_path):
