@@ -744,11 +744,12 @@ def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base
     d = 0 if _missing(decay_steps) else decay_steps
     c = f", cool-down {int(steps) - int(d)}→{int(steps)}" if d and steps is not None else ""
     r = f", lr {float(lr):g}" if not _missing(lr) and not _missing(base_lr) and not np.isclose(float(lr), float(base_lr)) else ""
-    a = ""
+    a, scales = "", set()
     if not _missing(unet) and str(unet) not in ("", "{}"):
         over = json.loads(unet) if isinstance(unet, str) else dict(unet)
         for key in ("self_kwargs", "cross_kwargs"):  # a layer_scale there is the λ gain, said below
             if isinstance(over.get(key), dict) and "layer_scale" in over[key]:
+                scales.add(over[key]["layer_scale"])
                 over[key] = {k: v for k, v in over[key].items() if k != "layer_scale"}
                 if not over[key]:
                     del over[key]
@@ -756,6 +757,9 @@ def recipe_label(prediction, weighting, decay_steps=0, steps=None, lr=None, base
     g = ""
     if lambda_layers and not _same_gain(gain, base_gain):
         g = ", no λ gain" if _gain(gain) is None else f", λ gain {_gain(gain):g}"
+    if not g and len(scales) == 1:  # set on the layers themselves (an arm whose own layers have none)
+        v = scales.pop()
+        g = ", no λ gain" if v is None else f", λ gain {float(v):g}"
     return f"{p}{w}{c}{r}{a}{g}"
 
 

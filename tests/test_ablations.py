@@ -544,3 +544,16 @@ def test_the_autoencoder_table_is_every_recorded_run():
     rows = [ln for ln in P.autoencoder_table(ae).splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert rows == ["| 4 | 16, 32 | 700 | 0 | 20.7 | 0.570 | 0.360 | 144 | ae-a |",
                     "| 2 | 32 | 3000 | 0.5 | 26.1 | 0.810 | 0.047 | 443 | ae-b |"]
+
+
+def test_a_gain_set_on_the_layers_is_named_in_the_recipe():
+    """An arm whose own layers have no gain (moebius_paper) given one through self_kwargs /
+    cross_kwargs: the recipe label says so, though the preset's lambda_gain column is unchanged."""
+    from lambda_blocks.plotting import recipe_label
+
+    over = '{"cross_kwargs": {"layer_scale": 0.05, "norm": "batch"}, "self_kwargs": {"layer_scale": 0.05, "norm": "batch"}}'
+    lab = recipe_label("v", "min_snr", unet=over, gain=0.05, base_gain=0.05, lambda_layers=True)
+    assert lab.endswith(", λ gain 0.05") and lab.count("λ gain") == 1 and "layer_scale" not in lab
+    plain = recipe_label("v", "min_snr", unet='{"widths": [36, 72]}', gain=0.05, base_gain=0.05, lambda_layers=True)
+    assert "gain" not in plain and "widths [36, 72]" in plain
+    assert recipe_label("v", "min_snr", unet=over, gain=None, base_gain=0.05, lambda_layers=True).endswith(", no λ gain")
