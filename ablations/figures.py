@@ -28,6 +28,13 @@ def _write(path: Path, text: str, written: list[Path]) -> None:
     written.append(path)
 
 
+def _write_pairs(assets_dir: Path, name: str, pairs: list[dict], written: list[Path]) -> None:
+    """Paired comparisons as ``<name>.md`` (the README's table) and ``<name>.csv``; nothing when empty."""
+    if pairs:
+        _write(assets_dir / f"{name}.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
+        _write(assets_dir / f"{name}.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"), written)
+
+
 def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str) -> list[Path]:
     """Write all figures (PNG + PDF) and tables (Markdown + LaTeX); returns the written paths.
 
@@ -62,10 +69,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
                     written += P.fig_quality_vs_size(variants, metric, figures_dir, floors=fl)
             _write(assets_dir / "quality_vs_size.md", P.quality_table(variants, caption, fl), written)
             pairs = P.paired_rows(per_image, pd.concat([variants, fl]), refs=["biharmonic", "telea", "linear"])
-            if pairs:
-                _write(assets_dir / "paired_quality.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
-                _write(assets_dir / "paired_quality.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"),
-                       written)
+            _write_pairs(assets_dir, "paired_quality", pairs, written)
             budgets = P.with_recipe(learned_all, preset, any_budget=True)
             budgets = P.split_runs(budgets)[0]
             budgets = budgets[budgets["arm"].isin(variant_arms()) & (budgets["image_size"] == size_px)]
@@ -93,10 +97,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             pairs = P.paired_rows(per_image, pd.concat([own, fl]), refs=["biharmonic", "telea"])
             pairs += [r for r in P.paired_rows(per_image, t2, refs=["linear", "lmi"])
                       if r["arm"] in set(own["arm"])]
-            if pairs:
-                _write(assets_dir / "paired_table2.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
-                _write(assets_dir / "paired_table2.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"),
-                       written)
+            _write_pairs(assets_dir, "paired_table2", pairs, written)
         if len(latent):
             fl = P.floors_at(floors_all, int(latent["image_size"].mode().iloc[0]))
             md, tex = P.table_kd(latent, P.caption_kd(latent, preset), fl)
