@@ -466,7 +466,11 @@ class InpaintUNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"expected one timestep per sample ({x.shape[0]}), got shape {tuple(t.shape)}")
-        if not exporting() and not t.is_meta:  # traced / exported graphs stay data-independent
+        # The value check reads tensor data: free for a CPU tensor, but on an accelerator it would make
+        # every forward wait for the device (a host sync that stops the launch queue running ahead), and
+        # under torch.compile it would be the graph's one break. Timesteps made on the device (the
+        # trainer's and the sampler's) are integers in range by construction; those are not checked.
+        if t.device.type == "cpu" and not (exporting() or torch.compiler.is_compiling()):
             tf = t.detach().double()
             if bool(((tf < 0) | (tf >= self.cfg.max_timestep) | (tf != tf.round())).any()):
                 raise ValueError(f"timesteps must be integers in [0, {self.cfg.max_timestep}), got "

@@ -339,3 +339,20 @@ def test_bf16_autocast_step_on_cpu_is_close_to_fp32():
     assert math.isfinite(out[True].loss) and math.isfinite(out[True].grad_norm)
     cos = torch.nn.functional.cosine_similarity(deltas[True], deltas[False], dim=0).item()
     assert 0.95 < cos < 1 - 1e-6, cos
+
+
+def test_the_unet_forward_compiles_as_one_graph():
+    """The timestep check reads tensor data, so under torch.compile it would split the forward in two
+    (and on an accelerator make every call wait for the device); it runs only in eager mode on CPU
+    tensors, and still rejects a bad timestep there."""
+    from lambda_blocks.unet import build_unet
+
+    m = build_unet("lmi", "tiny", widths=(8, 16), context_dim=16, num_tokens=4, heads=2).eval()
+    x, t = torch.randn(1, 7, 8, 8), torch.tensor([10])
+    try:
+        ex = torch._dynamo.explain(m)(x, t)
+    finally:
+        torch._dynamo.reset()
+    assert ex.graph_break_count == 0, [str(r.reason)[:120] for r in ex.break_reasons]
+    with pytest.raises(ValueError, match="timesteps must be integers"):
+        m(x, torch.tensor([2.5]))
