@@ -557,3 +557,19 @@ def test_a_gain_set_on_the_layers_is_named_in_the_recipe():
     plain = recipe_label("v", "min_snr", unet='{"widths": [36, 72]}', gain=0.05, base_gain=0.05, lambda_layers=True)
     assert "gain" not in plain and "widths [36, 72]" in plain
     assert recipe_label("v", "min_snr", unet=over, gain=None, base_gain=0.05, lambda_layers=True).endswith(", no λ gain")
+
+
+def test_the_convergence_table_counts_a_seed_once_when_a_probe_and_a_longer_run_share_steps():
+    """A 500-step probe and a 6000-step run of the same arm, seed and recipe (trained in different
+    sessions) both report step 500: the table keeps the longer run's point instead of averaging the
+    same network twice, and a second seed is still averaged in."""
+    from lambda_blocks import plotting as P
+
+    base = P.preset_recipe("dev")
+    ev = pd.DataFrame({"run_id": ["probe", "long", "other"], "arm": "swap_conv", "seed": [0, 0, 1],
+                       "prediction": "v", "loss_weighting": "min_snr", "train_decay_steps": 0,
+                       "train_steps": [500, 6000, 6000], "train_lr": base["lr"], "lambda_gain": np.nan,
+                       "step": 500, "lpips": [0.010, 0.050, 0.070], "n": 32})
+    table = P.convergence_table(ev, steps=(500,), base_lr=base["lr"], base_gain=base["lambda_gain"])
+    row = next(line for line in table.splitlines() if line.startswith("| ") and "| 500 |" in line)
+    assert "| 0.060 |" in row and row.rstrip().endswith("| 2 |")  # (0.050 + 0.070) / 2, two seeds
