@@ -975,10 +975,10 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
     ev = ev[ev["step"].isin(steps)]
     if "seed" in ev and "train_steps" in ev and len(ev):
         # two runs of one seed and recipe (a short probe and a longer run trained apart) score the same
-        # network at their shared steps: the longer run's point is kept, so a seed counts once
-        ev = (ev.assign(_budget=pd.to_numeric(ev["train_steps"], errors="coerce").fillna(0))
-              .sort_values("_budget", kind="stable")
-              .drop_duplicates(["arm", "recipe", "step", "seed"], keep="last").drop(columns="_budget"))
+        # network at their shared steps: the longest run's point is kept, so a seed counts once
+        budget = pd.to_numeric(ev["train_steps"], errors="coerce").fillna(0)
+        longest = budget.groupby([ev["arm"], ev["recipe"], ev["step"], ev["seed"]]).transform("max")
+        ev = ev[budget == longest]
     agg = ev.groupby(["arm", "recipe", "step"], sort=True)
     def mean(g, c):
         return float(g[c].mean()) if c in g and g[c].notna().any() else float("nan")
