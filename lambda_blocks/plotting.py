@@ -973,7 +973,7 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
                                      _fmt(r.get("fid"), None, 1), _fmt(r.get("kid"), None, 4),
                                      _fmt(r.get("psnr_hole"), None, 2), "–"]) + " |\n"
     ev = ev[ev["step"].isin(steps)]
-    if "seed" in ev and "train_steps" in ev and len(ev):
+    if "seed" in ev and "train_steps" in ev:
         # two runs of one seed and recipe (a short probe and a longer run trained apart) score the same
         # network at their shared steps: the longest run's point is kept, so a seed counts once
         budget = pd.to_numeric(ev["train_steps"], errors="coerce").fillna(0)
