@@ -35,6 +35,13 @@ def _write_pairs(assets_dir: Path, name: str, pairs: list[dict], written: list[P
         _write(assets_dir / f"{name}.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"), written)
 
 
+def _write_claims(assets_dir: Path, name: str, rows: list[dict], space: str, written: list[Path]) -> None:
+    """The paper's ordering claims (``plotting.paper_claims``) as ``<name>.md`` and ``<name>.csv``."""
+    if rows:
+        _write(assets_dir / f"{name}.md", P.claims_table(rows, f"{space[:1].upper()}{space[1:]}. {P.CLAIMS_CAPTION}"), written)
+        _write(assets_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"), written)
+
+
 def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str) -> list[Path]:
     """Write all figures (PNG + PDF) and tables (Markdown + LaTeX); returns the written paths.
 
@@ -98,9 +105,12 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             pairs += [r for r in P.paired_rows(per_image, t2, refs=["linear", "lmi"])
                       if r["arm"] in set(own["arm"])]
             _write_pairs(assets_dir, "paired_table2", pairs, written)
+            _write_claims(assets_dir, "paper_claims", P.paper_claims(per_image, t2, fl), "pixel space, no KD", written)
         if len(latent):
             fl = P.floors_at(floors_all, int(latent["image_size"].mode().iloc[0]))
             md, tex = P.table_kd(latent, P.caption_kd(latent, preset), fl)
+            _write_claims(assets_dir, "paper_claims_kd", P.paper_claims(per_image, latent, fl),
+                          "latent space, with and without KD", written)
             _write(assets_dir / "table2_kd.md", md, written)
             _write(assets_dir / "table2_kd.tex", tex, written)
             for metric in ("lpips", "kid"):

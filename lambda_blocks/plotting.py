@@ -991,3 +991,130 @@ def convergence_table(evals: pd.DataFrame, floors: pd.DataFrame | None = None,
     n = int(ev["n"].max()) if "n" in ev and ev["n"].notna().any() else 0
     return md + (f"\nConvergence: the EMA weights scored every 250 steps on the {n} evaluation images (20 DDIM steps; "
                  "ε runs: leading spacing, v runs: trailing), the classical fills of the same problems first.\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's ordering claims for Table 2 (MOEBIUS_SPEC section 10), checked with paired intervals
+
+SINGLE_COMPRESSIONS = ("swap_self", "swap_cross", "swap_ffn", "swap_conv")
+COMBINED_COMPRESSIONS = ("both_lambda", "both_lambda_dw", "moebius", "moebius_paper")
+CLAIM_ALONE = "each compression alone, without KD, costs quality"
+CLAIM_COMBINED = "compressions combined, without KD, cost quality"
+CLAIM_KD = "KD recovers quality"
+CLAIM_CLOSE = "Moebius with KD is close to the baseline with KD"
+
+
+def _canon(arm) -> str | None:
+    from .unet import canonical_arm
+
+    try:
+        return canonical_arm(str(arm))
+    except KeyError:
+        return None
+
+
+def paper_claims(per_image: pd.DataFrame | None, runs: pd.DataFrame, floors: pd.DataFrame | None = None,
+                 metrics=("lpips", "psnr"), confidence: float = 0.95) -> list[dict]:
+    """The paper's Table 2 ordering claims, each as paired comparisons over the same test images.
+
+    ``runs``: the learned runs of one space and one image size (the pixel-space Table 2 arms, or the
+    latent-space students and their teacher). Teachers are left out; KD rows are the adaptive-weight
+    students, and where the KD students have a common budget, only runs of that budget count (the
+    equal-compute arm is its own comparison, not a Table 2 row). Claims, A against B:
+
+    - ``CLAIM_ALONE``: each single swap without KD against the baseline without KD; holds when the
+      baseline is better (the interval excludes 0 on the baseline's side).
+    - ``CLAIM_COMBINED``: the combined arms (both λ, both λ + DW, Moebius, the paper's Moebius) the same way.
+    - ``CLAIM_KD``: each arm with KD against itself without KD; holds when KD is better.
+    - ``CLAIM_CLOSE``: Moebius with KD against the baseline with KD; holds when the interval covers 0.
+
+    ``holds`` is "yes", "no" (the interval excludes 0 the other way, or the baseline + KD is
+    better for ``CLAIM_CLOSE``) or "not shown" (an interval that covers 0). ``floor_a`` / ``floor_b``
+    say whether each side meets the floor target (``pretrained.versus_floor``: better than biharmonic
+    and Telea on LPIPS, FID and KID; "–" without a floor): a claim about arms that lose to a classical
+    fill is no evidence about the architecture, whatever its interval says.
+    """
+    from .pretrained import TARGET_METRICS, versus_floor
+    from .stats import compare
+
+    out: list[dict] = []
+    if per_image is None or not len(per_image) or runs is None or not len(runs):
+        return out
+    r = runs.copy()
+    if "teacher_run" in r:
+        r = r[~r["run_id"].isin(set(r["teacher_run"].dropna()))]
+    r["_kd"] = is_true(r["kd"]) if "kd" in r else False
+    if "kd_weighting" in r:
+        w = r["kd_weighting"].astype(object)
+        r = r[~r["_kd"] | w.isna() | (w == "adaptive")]
+    if "train_steps" in r and r["_kd"].any():
+        base = r.loc[r["_kd"], "train_steps"].dropna()
+        if len(base):
+            r = r[r["train_steps"].isna() | (r["train_steps"] == base.mode().iloc[0])]
+    r["_arm"] = [_canon(a) for a in r["arm"]]
+    pi = per_image[per_image["run_id"].isin(set(r["run_id"]))]
+    fl = {f["arm"]: f for _, f in floors.iterrows()} if floors is not None and len(floors) else {}
+
+    def runs_of(arm: str, kd: bool) -> pd.DataFrame:
+        return r[(r["_arm"] == _canon(arm)) & (r["_kd"] == kd)]
+
+    def meets_floor(g: pd.DataFrame) -> str:
+        if not fl:
+            return "–"
+        mean = {m: float(g[m].mean()) for m in TARGET_METRICS if m in g and g[m].notna().any()}
+        t = versus_floor(mean, {k: {m: float(f[m]) for m in TARGET_METRICS if m in f and pd.notna(f[m])}
+                                for k, f in fl.items()})["target"]
+        return {True: "yes", False: "no", None: "–"}[t]
+
+    def name(arm: str, kd: bool) -> str:
+        return label(arm).split(" (=")[0] + (" + KD" if kd else "")
+
+    def add(claim: str, a: tuple[str, bool], b: tuple[str, bool], want: str) -> None:
+        ga, gb = runs_of(*a), runs_of(*b)
+        if not len(ga) or not len(gb) or set(ga["run_id"]) == set(gb["run_id"]):
+            return
+        pa, pb = pi[pi["run_id"].isin(set(ga["run_id"]))], pi[pi["run_id"].isin(set(gb["run_id"]))]
+        for m in metrics:
+            if not (m in pa and pa[m].notna().any() and pb[m].notna().any()):
+                continue
+            p = compare(pa, pb, m, name(*a), name(*b), confidence=confidence)
+            if want == "b":  # B better is the claim
+                holds = "yes" if p.b_better else "no" if p.a_better else "not shown"
+            elif want == "a":
+                holds = "yes" if p.a_better else "no" if p.b_better else "not shown"
+            else:  # close: an interval that covers 0
+                holds = "no" if (p.a_better or p.b_better) else "yes"
+            out.append({"claim": claim, "arm_a": a[0], "kd_a": a[1], "arm_b": b[0], "kd_b": b[1], **p.to_dict(),
+                        "holds": holds, "floor_a": meets_floor(ga), "floor_b": meets_floor(gb)})
+
+    present = [a for a in TABLE2_ORDER if len(runs_of(a, False)) or len(runs_of(a, True))]
+    for arm in present:
+        if arm in SINGLE_COMPRESSIONS:
+            add(CLAIM_ALONE, (arm, False), ("baseline", False), "b")
+        elif arm in COMBINED_COMPRESSIONS:
+            add(CLAIM_COMBINED, (arm, False), ("baseline", False), "b")
+    for arm in present:
+        add(CLAIM_KD, (arm, True), (arm, False), "a")
+    add(CLAIM_CLOSE, ("moebius", True), ("baseline", True), "close")
+    return out
+
+
+CLAIMS_CAPTION = ("The paper's Table 2 ordering (MOEBIUS_SPEC section 10), each claim as paired comparisons of "
+                  "A against B on the same test problems: A − B is the mean per-image difference (each arm first "
+                  "averaged over its seeds), the interval a BCa bootstrap over images (`lambda_blocks.stats`). "
+                  "\"holds\": yes / no when the interval excludes 0 (for \"close\": yes when it covers 0), "
+                  "\"not shown\" otherwise. \"floor\": whether A / B each beat biharmonic and Telea on LPIPS, FID "
+                  "and KID; where an arm does not, the row says nothing about the architecture.")
+
+
+def claims_table(rows: list[dict], caption: str = CLAIMS_CAPTION) -> str:
+    """Markdown of ``paper_claims`` rows: claim, A, B, metric, means, A − B [CI], seeds, holds, floor."""
+    head = ["claim", "A", "B", "metric", "A", "B", "A − B", "95% CI", "seeds A / B", "holds", "floor A / B"]
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+    for r in rows:
+        f = f"{{:.{3 if r['metric'].startswith(('lpips', 'ssim')) else 2}f}}"
+        md += "| " + " | ".join([
+            r["claim"], r["a"], r["b"], r["metric"], f.format(r["mean_a"]), f.format(r["mean_b"]), f.format(r["diff"]),
+            f"[{f.format(r['lo'])}, {f.format(r['hi'])}]", f"{r['seeds_a']} / {r['seeds_b']}", r["holds"],
+            f"{r['floor_a']} / {r['floor_b']}"]) + " |\n"
+    return md + f"\n{caption}\n"

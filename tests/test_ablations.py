@@ -233,6 +233,10 @@ def test_figures_regenerate_from_fixture_results(tmp_path):
     conv_vs_lin = t2p[(t2p["ref"] == "linear") & (t2p["metric"] == "lpips")].iloc[0]
     assert conv_vs_lin["lo"] < 0.02 < conv_vs_lin["hi"] and conv_vs_lin["lo"] > 0  # the fixture's +0.02, resolved
     assert "swap conv" in table.lower() or "DW" in table
+    claims = pd.read_csv(assets / "paper_claims.csv").set_index(["arm_a", "metric"])
+    assert claims.loc[("swap_conv", "lpips"), "holds"] == "yes"  # the fixture's +0.02 over the baseline
+    assert claims.loc[("moebius", "lpips"), "holds"] == "no"  # lmi is the fixture's better arm (-0.01)
+    assert "Pixel space, no KD." in (assets / "paper_claims.md").read_text()
     conv = (assets / "convergence.md").read_text()
     assert "| Linear attn | ε | 250 |" in conv and "floor: biharmonic" in conv
     slopes = (assets / "scaling_slopes.md").read_text()
@@ -573,3 +577,47 @@ def test_the_convergence_table_counts_a_seed_once_when_a_probe_and_a_longer_run_
     table = P.convergence_table(ev, steps=(500,), base_lr=base["lr"], base_gain=base["lambda_gain"])
     row = next(line for line in table.splitlines() if line.startswith("| ") and "| 500 |" in line)
     assert "| 0.060 |" in row and row.rstrip().endswith("| 2 |")  # (0.050 + 0.070) / 2, two seeds
+
+
+def test_the_papers_ordering_claims_are_judged_by_paired_intervals_and_the_floor():
+    """Table 2's claims (each compression alone hurts without KD; KD recovers; Moebius + KD close to
+    the baseline + KD), each from paired per-image intervals, with whether both sides clear the floor."""
+    from lambda_blocks import plotting as P
+
+    rng = np.random.default_rng(0)
+    ids = [f"img/{i:03d}" for i in range(24)]
+    hard = rng.uniform(0.01, 0.03, len(ids))
+    # (run, arm, kd, weighting, steps, LPIPS shift): linear is the baseline's run (canonical arm)
+    spec = [("lin0", "linear", False, None, 300, 0.0), ("lin1", "linear", False, None, 300, 0.0),
+            ("ffn0", "swap_ffn", False, None, 300, 0.010),   # hurts: the claim holds
+            ("self0", "local_lambda", False, None, 300, 0.0),  # no difference: not shown
+            ("cross0", "swap_cross", False, None, 300, -0.010),  # better than the baseline: the claim fails
+            ("moe0", "lmi", False, None, 300, 0.008),
+            ("moekd0", "moebius", True, "adaptive", 300, 0.001),  # KD recovers
+            ("moefix", "moebius", True, "fixed", 300, 0.5),  # fixed weights: not a Table 2 row
+            ("moe642", "lmi", False, None, 642, -0.5),  # the equal-compute arm: not a Table 2 row
+            ("linkd0", "baseline", True, "adaptive", 300, 0.001), ("teach", "vanilla", False, None, 900, -0.5)]
+    runs = pd.DataFrame([dict(run_id=r, arm=a, kd=kd, kd_weighting=w, train_steps=n, teacher_run="teach" if kd else None,
+                              lpips=float(hard.mean() + s), fid=100.0 if r != "linkd0" else 90.0, kid=0.0)
+                         for r, a, kd, w, n, s in spec])
+    per = pd.DataFrame([dict(run_id=r, id=i, lpips=h + s + rng.normal(0, 2e-4)) for r, _, _, _, _, s in spec
+                        for i, h in zip(ids, hard)])
+    floors = pd.DataFrame({"run_id": ["bh", "te"], "arm": ["biharmonic", "telea"], "lpips": [0.5, 0.5],
+                           "fid": [95.0, 95.0], "kid": [0.01, 0.01]})
+    rows = P.paper_claims(per, runs, floors, metrics=("lpips",))
+    got = {(r["claim"], r["arm_a"], r["kd_a"], r["arm_b"], r["kd_b"]): r for r in rows}
+    assert got[(P.CLAIM_ALONE, "swap_ffn", False, "baseline", False)]["holds"] == "yes"
+    assert got[(P.CLAIM_ALONE, "swap_self", False, "baseline", False)]["holds"] == "not shown"
+    assert got[(P.CLAIM_ALONE, "swap_cross", False, "baseline", False)]["holds"] == "no"
+    moe = got[(P.CLAIM_COMBINED, "moebius", False, "baseline", False)]
+    assert moe["holds"] == "yes" and moe["seeds_a"] == 1 and moe["seeds_b"] == 2  # no fixed / equal-compute run in it
+    assert abs(moe["diff"] - 0.008) < 1e-3
+    kd = got[(P.CLAIM_KD, "moebius", True, "moebius", False)]
+    assert kd["holds"] == "yes" and abs(kd["diff"] + 0.007) < 1e-3
+    close = got[(P.CLAIM_CLOSE, "moebius", True, "baseline", True)]
+    assert close["holds"] == "yes" and close["lo"] < 0 < close["hi"]
+    # the floor: FID 100 loses to the fills' 95, the baseline + KD's 90 beats them
+    assert (close["floor_a"], close["floor_b"]) == ("no", "yes")
+    assert not any(r["arm_a"] == "vanilla" or r["arm_b"] == "vanilla" for r in rows)  # the teacher is no arm of it
+    md = P.claims_table(rows)
+    assert md.count("\n| ") == len(rows) and "| not shown |" in md and "no / yes" in md
