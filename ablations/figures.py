@@ -28,18 +28,21 @@ def _write(path: Path, text: str, written: list[Path]) -> None:
     written.append(path)
 
 
+def _write_rows(assets_dir: Path, name: str, rows: list[dict], md: str, written: list[Path]) -> None:
+    """Comparison rows as ``<name>.md`` (``md``, the README's table) and ``<name>.csv``; nothing when empty."""
+    if rows:
+        _write(assets_dir / f"{name}.md", md, written)
+        _write(assets_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"), written)
+
+
 def _write_pairs(assets_dir: Path, name: str, pairs: list[dict], written: list[Path]) -> None:
-    """Paired comparisons as ``<name>.md`` (the README's table) and ``<name>.csv``; nothing when empty."""
-    if pairs:
-        _write(assets_dir / f"{name}.md", P.paired_table(pairs, P.PAIRED_CAPTION), written)
-        _write(assets_dir / f"{name}.csv", pd.DataFrame(pairs).to_csv(index=False, float_format="%.6g"), written)
+    """Paired comparisons (``plotting.paired_rows``)."""
+    _write_rows(assets_dir, name, pairs, P.paired_table(pairs, P.PAIRED_CAPTION), written)
 
 
 def _write_claims(assets_dir: Path, name: str, rows: list[dict], space: str, written: list[Path]) -> None:
-    """The paper's ordering claims (``plotting.paper_claims``) as ``<name>.md`` and ``<name>.csv``."""
-    if rows:
-        _write(assets_dir / f"{name}.md", P.claims_table(rows, f"{space[:1].upper()}{space[1:]}. {P.CLAIMS_CAPTION}"), written)
-        _write(assets_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"), written)
+    """The paper's ordering claims (``plotting.paper_claims``) of one space ("Pixel space, no KD")."""
+    _write_rows(assets_dir, name, rows, P.claims_table(rows, f"{space}. {P.CLAIMS_CAPTION}"), written)
 
 
 def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str) -> list[Path]:
@@ -105,12 +108,12 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
             pairs += [r for r in P.paired_rows(per_image, t2, refs=["linear", "lmi"])
                       if r["arm"] in set(own["arm"])]
             _write_pairs(assets_dir, "paired_table2", pairs, written)
-            _write_claims(assets_dir, "paper_claims", P.paper_claims(per_image, t2, fl), "pixel space, no KD", written)
+            _write_claims(assets_dir, "paper_claims", P.paper_claims(per_image, t2, fl), "Pixel space, no KD", written)
         if len(latent):
             fl = P.floors_at(floors_all, int(latent["image_size"].mode().iloc[0]))
             md, tex = P.table_kd(latent, P.caption_kd(latent, preset), fl)
             _write_claims(assets_dir, "paper_claims_kd", P.paper_claims(per_image, latent, fl),
-                          "latent space, with and without KD", written)
+                          "Latent space, with and without KD", written)
             _write(assets_dir / "table2_kd.md", md, written)
             _write(assets_dir / "table2_kd.tex", tex, written)
             for metric in ("lpips", "kid"):

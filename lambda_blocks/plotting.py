@@ -904,13 +904,24 @@ BUDGET_CAPTION = ("Every finished run of the preset's recipe, grouped by trainin
                   "(`lambda_blocks.stats`). FID and KID are set-level, so they get no per-image interval.")
 
 
+def floor_target(runs: pd.DataFrame, floors: dict) -> str:
+    """"yes" / "no": whether the mean over ``runs`` meets the floor target against the fills of
+    ``floors`` ({fill: its record}; ``pretrained.versus_floor``: better than biharmonic and Telea on
+    LPIPS, FID and KID); "–" when a fill or a metric is missing."""
+    from .pretrained import TARGET_METRICS, versus_floor
+
+    mean = {m: float(runs[m].mean()) for m in TARGET_METRICS if m in runs and runs[m].notna().any()}
+    ref = {k: {m: float(f[m]) for m in TARGET_METRICS if m in f and pd.notna(f[m])} for k, f in floors.items()}
+    return {True: "yes", False: "no", None: "–"}[versus_floor(mean, ref)["target"]]
+
+
 def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.DataFrame,
                  refs=None) -> str:
     """Markdown: per (arm, size, training budget) of ``runs`` (one recipe, any budget), the mean
     LPIPS / FID / KID / PSNR, the seeds, whether it meets the floor target (``pretrained.versus_floor``:
     beats every fill of ``refs``, default biharmonic and Telea, on LPIPS, FID and KID), and paired
     LPIPS and PSNR differences against each fill."""
-    from .pretrained import TARGET_FLOORS, TARGET_METRICS, versus_floor
+    from .pretrained import TARGET_FLOORS
     from .stats import compare
 
     if refs is None:
@@ -925,8 +936,7 @@ def budget_table(runs: pd.DataFrame, per_image: pd.DataFrame | None, floors: pd.
     for (arm, size, steps), g in runs.groupby(["arm", "size", "train_steps"], sort=True):
         mean = {m: float(g[m].mean()) if m in g and g[m].notna().any() else float("nan")
                 for m in ("lpips", "fid", "kid", "psnr")}
-        target = versus_floor(mean, {r: {m: float(fl[r][m]) for m in TARGET_METRICS if m in fl[r]} for r in refs})["target"]
-        verdict = {True: "yes", False: "no", None: "–"}[target]
+        verdict = floor_target(g, {r: fl[r] for r in refs})
         row = [label(arm).split(" (=")[0], str(size), str(int(steps)), _fmt(mean["lpips"]), _fmt(mean["fid"], None, 1),
                _fmt(mean["kid"], None, 4), _fmt(mean["psnr"], None, 2), str(g["seed"].nunique()), verdict]
         mine = pi[pi["run_id"].isin(set(g["run_id"]))]
@@ -1004,15 +1014,6 @@ CLAIM_KD = "KD recovers quality"
 CLAIM_CLOSE = "Moebius with KD is close to the baseline with KD"
 
 
-def _canon(arm) -> str | None:
-    from .unet import canonical_arm
-
-    try:
-        return canonical_arm(str(arm))
-    except KeyError:
-        return None
-
-
 def paper_claims(per_image: pd.DataFrame | None, runs: pd.DataFrame, floors: pd.DataFrame | None = None,
                  metrics=("lpips", "psnr"), confidence: float = 0.95) -> list[dict]:
     """The paper's Table 2 ordering claims, each as paired comparisons over the same test images.
@@ -1034,8 +1035,8 @@ def paper_claims(per_image: pd.DataFrame | None, runs: pd.DataFrame, floors: pd.
     and Telea on LPIPS, FID and KID; "–" without a floor): a claim about arms that lose to a classical
     fill is no evidence about the architecture, whatever its interval says.
     """
-    from .pretrained import TARGET_METRICS, versus_floor
     from .stats import compare
+    from .unet import canonical_arm
 
     out: list[dict] = []
     if per_image is None or not len(per_image) or runs is None or not len(runs):
@@ -1051,49 +1052,37 @@ def paper_claims(per_image: pd.DataFrame | None, runs: pd.DataFrame, floors: pd.
         base = r.loc[r["_kd"], "train_steps"].dropna()
         if len(base):
             r = r[r["train_steps"].isna() | (r["train_steps"] == base.mode().iloc[0])]
-    r["_arm"] = [_canon(a) for a in r["arm"]]
     pi = per_image[per_image["run_id"].isin(set(r["run_id"]))]
     fl = {f["arm"]: f for _, f in floors.iterrows()} if floors is not None and len(floors) else {}
 
-    def runs_of(arm: str, kd: bool) -> pd.DataFrame:
-        return r[(r["_arm"] == _canon(arm)) & (r["_kd"] == kd)]
-
-    def meets_floor(g: pd.DataFrame) -> str:
-        if not fl:
-            return "–"
-        mean = {m: float(g[m].mean()) for m in TARGET_METRICS if m in g and g[m].notna().any()}
-        t = versus_floor(mean, {k: {m: float(f[m]) for m in TARGET_METRICS if m in f and pd.notna(f[m])}
-                                for k, f in fl.items()})["target"]
-        return {True: "yes", False: "no", None: "–"}[t]
+    def runs_of(arm: str, kd: bool) -> pd.DataFrame:  # recorded arms are canonical (config._build)
+        return r[(r["arm"] == canonical_arm(arm)) & (r["_kd"] == kd)]
 
     def name(arm: str, kd: bool) -> str:
         return label(arm).split(" (=")[0] + (" + KD" if kd else "")
 
     def add(claim: str, a: tuple[str, bool], b: tuple[str, bool], want: str) -> None:
+        """``want``: "a" (A better is the claim), "b" (B better), "close" (no clear difference)."""
         ga, gb = runs_of(*a), runs_of(*b)
-        if not len(ga) or not len(gb) or set(ga["run_id"]) == set(gb["run_id"]):
+        if not len(ga) or not len(gb):
             return
         pa, pb = pi[pi["run_id"].isin(set(ga["run_id"]))], pi[pi["run_id"].isin(set(gb["run_id"]))]
         for m in metrics:
             if not (m in pa and pa[m].notna().any() and pb[m].notna().any()):
                 continue
             p = compare(pa, pb, m, name(*a), name(*b), confidence=confidence)
-            if want == "b":  # B better is the claim
-                holds = "yes" if p.b_better else "no" if p.a_better else "not shown"
-            elif want == "a":
-                holds = "yes" if p.a_better else "no" if p.b_better else "not shown"
-            else:  # close: an interval that covers 0
+            if want == "close":
                 holds = "no" if (p.a_better or p.b_better) else "yes"
+            else:
+                right, wrong = (p.a_better, p.b_better) if want == "a" else (p.b_better, p.a_better)
+                holds = "yes" if right else "no" if wrong else "not shown"
             out.append({"claim": claim, "arm_a": a[0], "kd_a": a[1], "arm_b": b[0], "kd_b": b[1], **p.to_dict(),
-                        "holds": holds, "floor_a": meets_floor(ga), "floor_b": meets_floor(gb)})
+                        "holds": holds, "floor_a": floor_target(ga, fl), "floor_b": floor_target(gb, fl)})
 
-    present = [a for a in TABLE2_ORDER if len(runs_of(a, False)) or len(runs_of(a, True))]
-    for arm in present:
-        if arm in SINGLE_COMPRESSIONS:
-            add(CLAIM_ALONE, (arm, False), ("baseline", False), "b")
-        elif arm in COMBINED_COMPRESSIONS:
-            add(CLAIM_COMBINED, (arm, False), ("baseline", False), "b")
-    for arm in present:
+    for arm in TABLE2_ORDER:
+        if arm in SINGLE_COMPRESSIONS or arm in COMBINED_COMPRESSIONS:
+            add(CLAIM_ALONE if arm in SINGLE_COMPRESSIONS else CLAIM_COMBINED, (arm, False), ("baseline", False), "b")
+    for arm in TABLE2_ORDER:
         add(CLAIM_KD, (arm, True), (arm, False), "a")
     add(CLAIM_CLOSE, ("moebius", True), ("baseline", True), "close")
     return out

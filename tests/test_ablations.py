@@ -587,16 +587,16 @@ def test_the_papers_ordering_claims_are_judged_by_paired_intervals_and_the_floor
     rng = np.random.default_rng(0)
     ids = [f"img/{i:03d}" for i in range(24)]
     hard = rng.uniform(0.01, 0.03, len(ids))
-    # (run, arm, kd, weighting, steps, LPIPS shift): linear is the baseline's run (canonical arm)
+    # (run, arm, kd, weighting, steps, LPIPS shift): runs record canonical arms (linear = baseline, lmi = Moebius)
     spec = [("lin0", "linear", False, None, 300, 0.0), ("lin1", "linear", False, None, 300, 0.0),
             ("ffn0", "swap_ffn", False, None, 300, 0.010),   # hurts: the claim holds
             ("self0", "local_lambda", False, None, 300, 0.0),  # no difference: not shown
-            ("cross0", "swap_cross", False, None, 300, -0.010),  # better than the baseline: the claim fails
+            ("cross0", "interactive_lambda", False, None, 300, -0.010),  # better than the baseline: the claim fails
             ("moe0", "lmi", False, None, 300, 0.008),
-            ("moekd0", "moebius", True, "adaptive", 300, 0.001),  # KD recovers
-            ("moefix", "moebius", True, "fixed", 300, 0.5),  # fixed weights: not a Table 2 row
+            ("moekd0", "lmi", True, "adaptive", 300, 0.001),  # KD recovers
+            ("moefix", "lmi", True, "fixed", 300, 0.5),  # fixed weights: not a Table 2 row
             ("moe642", "lmi", False, None, 642, -0.5),  # the equal-compute arm: not a Table 2 row
-            ("linkd0", "baseline", True, "adaptive", 300, 0.001), ("teach", "vanilla", False, None, 900, -0.5)]
+            ("linkd0", "linear", True, "adaptive", 300, 0.001), ("teach", "vanilla", False, None, 900, -0.5)]
     runs = pd.DataFrame([dict(run_id=r, arm=a, kd=kd, kd_weighting=w, train_steps=n, teacher_run="teach" if kd else None,
                               lpips=float(hard.mean() + s), fid=100.0 if r != "linkd0" else 90.0, kid=0.0)
                          for r, a, kd, w, n, s in spec])
