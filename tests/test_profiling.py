@@ -165,13 +165,14 @@ def test_lambda_conv_float32_and_auto_dispatch(monkeypatch):
     real = torch.fft.rfft2
     monkeypatch.setattr(torch.fft, "rfft2", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
-        lambda_conv(v, wt, None, 20, 20, "auto")
-    assert not calls, "forward-only passes of few rows (B*v < 64: one image) use conv2d"
-    v24 = torch.randn(4, 1, 16, 24 * 24)
+        out = lambda_conv(v, wt, None, 20, 20, "auto")
+    assert not calls, "forward-only passes of few rows (B*v < 64: one image) on maps up to 32^2 use band"
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    v40 = torch.randn(4, 1, 16, 40 * 40)
     with torch.no_grad():
-        out = lambda_conv(v24, wt, None, 24, 24, "auto")
-    assert calls, "forward-only passes of many rows on maps over 2 r^2 pixels use rfft"
-    torch.testing.assert_close(out, lambda_conv(v24, wt, None, 24, 24, "conv2d"), rtol=1e-4, atol=1e-5)
+        out = lambda_conv(v40, wt, None, 40, 40, "auto")
+    assert calls, "forward-only passes on maps over 32^2 pixels use rfft"
+    torch.testing.assert_close(out, lambda_conv(v40, wt, None, 40, 40, "conv2d"), rtol=1e-4, atol=1e-5)
     calls.clear()
     lambda_conv(v, wt.clone().requires_grad_(True), None, 20, 20, "auto")
     assert calls, "r >= 9 with gradients uses rfft"
@@ -402,10 +403,12 @@ def test_auto_lambda_conv_picks_by_pass_and_size():
     assert _auto_lambda_conv(small[:1], w15, 16, 16) == "rfft"  # 16 rows: the Toeplitz build does not pay
     assert _auto_lambda_conv(large, w15, 32, 32) == "rfft"  # 1024 pixels: k*N^2 too large
     assert _auto_lambda_conv(small, torch.zeros(16, 1, 7, 7, requires_grad=True), 16, 16) == "conv2d"
-    with torch.no_grad():  # forward-only: the direct convolution for one image, the GEMM / FFT for a batch
-        assert _auto_lambda_conv(small[:1], w15, 16, 16) == "conv2d"
+    huge = torch.zeros(1, 1, 16, 33 * 33)
+    with torch.no_grad():  # forward-only: the banded convolution up to 32^2, the GEMM for a batch of small maps
+        assert _auto_lambda_conv(small[:1], w15, 16, 16) == "band"
         assert _auto_lambda_conv(small, w15, 16, 16) == "toeplitz"
-        assert _auto_lambda_conv(large, w15, 32, 32) == "rfft"
+        assert _auto_lambda_conv(large, w15, 32, 32) == "band"
+        assert _auto_lambda_conv(huge, w15, 33, 33) == "rfft"
         assert _auto_lambda_conv(large, torch.zeros(16, 1, 7, 7), 32, 32) == "conv2d"
 
 

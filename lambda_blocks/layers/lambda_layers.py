@@ -14,11 +14,11 @@ position, keys of depth k, values of depth v = C/|h| and intra-depth u (MOEBIUS_
 Local-λ (Moebius section 3) uses self-context (c = x, M = N) and computes λp with a *lambda
 convolution* of scope r: E is a learned r x r kernel R[k, u, Δ] shared over the v axis and over
 positions, λp_n[k, v] = Σ_u Σ_Δ R[k,u,Δ] V[u, v, n+Δ] (+ bias_k). The cost is linear in N and
-nothing depends on the resolution. Five equivalent formulations of that convolution are
+nothing depends on the resolution. Six equivalent formulations of that convolution are
 selectable (``lambda_conv``): ``conv3d`` (Bello's / lucidrains' form), ``conv2d`` (the v axis
-folded into the batch), ``unfold``, ``rfft`` (products of real 2-D FFTs) and ``toeplitz`` (one GEMM
-with the kernel's block-Toeplitz matrix); the default ``auto`` picks per pass and map size, by
-measurement on CPU.
+folded into the batch), ``unfold``, ``rfft`` (products of real 2-D FFTs), ``toeplitz`` (one GEMM
+with the kernel's block-Toeplitz matrix) and ``band`` (one convolution over row tiles, its kernel
+banded); the default ``auto`` picks per pass and map size, by measurement on CPU.
 The per-pixel application of the lambdas to the queries (``apply_lambdas``) is a custom autograd
 Function: torch lowers its einsum to one tiny bmm per pixel.
 
@@ -52,7 +52,8 @@ from .common import (
     register_attention,
 )
 
-LAMBDA_CONVS = ("conv2d", "conv3d", "unfold", "rfft", "toeplitz", "auto")
+LAMBDA_CONVS = ("conv2d", "conv3d", "unfold", "rfft", "toeplitz", "band", "auto")
+BAND_TILE = 4  # output pixels per row tile of the ``band`` formulation
 
 
 def _check_lambda_args(dim: int, heads: int, dim_k: int | None, dim_u: int, norm: str) -> int:
@@ -157,6 +158,30 @@ class _ToeplitzConv(torch.autograd.Function):
         return grad_v, grad_w, grad_b, None, None
 
 
+def _band_weight(weight: torch.Tensor, t: int) -> torch.Tensor:
+    """The (k, u, r, r) kernel as the weight of a convolution that makes ``t`` adjacent output pixels of a
+    row at once: W[(k, s), u, dy, j] = R[k, u, dy, j - s] for 0 <= j - s < r, else 0, shape
+    (k*t, u, r, t + r - 1). Built from views of the zero-padded kernel (differentiable)."""
+    k, u, r, _ = weight.shape
+    win = F.pad(weight, (t - 1, t - 1)).unfold(-1, t + r - 1, 1)  # (k, u, r, t, t+r-1): win[.., i, j] = R[.., j + i - t + 1]
+    return win.flip(-2).permute(0, 3, 1, 2, 4).reshape(k * t, u, r, t + r - 1)  # i = t - 1 - s
+
+
+def _band_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: int, w: int,
+               t: int = BAND_TILE) -> torch.Tensor:
+    """λp by one convolution with ``t`` times the output channels and a row stride of ``t``: each output
+    position is a tile of ``t`` pixels of a row, its kernel the banded matrix `_band_weight`. The direct
+    convolution has one input channel (u = 1), which vectorises poorly; this one has k*t output channels
+    for (t + r - 1) / r times the multiply-adds. Same numbers as ``conv2d`` up to summation order."""
+    b, u, dv, n = v.shape
+    k, r = weight.shape[0], weight.shape[-1]
+    p, extra = r // 2, (-w) % t  # the row is padded to whole tiles
+    img = F.pad(rearrange(v, "b u v (x y) -> (b v) u x y", x=h, y=w), (p, p + extra, p, p))
+    out = F.conv2d(img, _band_weight(weight, t), None if bias is None else bias.repeat_interleave(t), stride=(1, t))
+    out = rearrange(out, "(b v) (k s) x l -> b k v x (l s)", b=b, s=t)  # (B, k, v, h, w + extra)
+    return out[..., :w].reshape(b, k, dv, n)
+
+
 TOEPLITZ_MAX_VALUES = 1 << 26  # 256 MB of float32: the largest block-Toeplitz matrix ``toeplitz`` builds
 
 
@@ -167,27 +192,30 @@ def toeplitz_fits(n: int, k: int, u: int) -> bool:
 
 def _auto_lambda_conv(v: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> str:
     """The measured-fastest formulation for this pass and size (benchmarks/bench_lambda_conv.py,
-    ``results/lambda_conv-*.csv``, one CPU thread, the tiny U-Net's Local-λ shapes k = v = 8 at
-    32 px and 16 at 16 px, r = 15, batch 1 and 16; the ms below are from the Intel Xeon machine).
+    ``results/lambda_conv-*.csv`` and, for ``band``, ``results/lambda_conv_band-*.csv``; one CPU thread,
+    k = v = width / 4 for widths 32 and 64, r = 15, batch 1 and 16, maps 16-64 px).
 
-    - r < 9, or a forward-only pass with fewer than 64 rows B*v (batch 1: sampling one image):
-      ``conv2d``, the direct convolution (the FFT's and the Toeplitz matrix's set-up does not pay).
-    - Small maps with at least 64 rows (h*w <= 2 r^2, the Toeplitz matrix within bounds):
+    - r < 9: ``conv2d``, the direct convolution (the set-up of the others does not pay).
+    - Small maps with at least 64 rows B*v (h*w <= 2 r^2, the Toeplitz matrix within bounds):
       ``toeplitz``, one GEMM (16 px, k = v = 16, batch 16, forward+backward: 79 ms, rfft 196, conv2d 222).
-    - Otherwise ``rfft`` (32 px, k = v = 8, batch 16: forward+backward 109 ms, conv2d 272; forward
-      alone 2.1x faster than conv2d on the AMD EPYC machine).
-    Forward-only passes used to take ``conv2d`` always (measured with glibc's allocator page-faulting
-    the FFT buffers in on every call, `runtime.tune_allocator`); at batch 16 the rule above makes the
-    Local-λ layer's forward 1.22-1.44x faster than conv2d (``results/lambda_conv-cpu-amd-epyc-avx2-*.csv``)."""
+    - Other forward-only passes (evaluation, sampling) on maps up to 32x32: ``band``, a convolution
+      with k*t output channels over row tiles of t pixels (the AVX2 EPYC, whole Local-λ layer: at
+      32 px, width 64, 7.9 ms at batch 1 and 68 ms at batch 16 against rfft's 9.5 and 123 and
+      conv2d's 10.8 and 134; at 16 px, batch 1, width 32, 1.3 ms against conv2d's 2.2). Its
+      backward is slower than rfft's, so passes that need gradients do not take it.
+    - Otherwise ``rfft`` (32 px, k = v = 8, batch 16: forward+backward 109 ms, conv2d 272; 64 px
+      forward, batch 1: 18.8 ms against band's 20.9).
+    Forward-only passes of one image used to take ``conv2d``; measured with the allocator tuned
+    (`runtime.tune_allocator`) it is the slowest of the three there (1.0-2.4x band's time)."""
     r = int(weight.shape[-1])
     if r < 9:
         return "conv2d"
     rows = v.shape[0] * v.shape[2]
     needs_grad = torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad)
-    if not needs_grad and rows < 64:
-        return "conv2d"
     if h * w <= 2 * r * r and rows >= 64 and toeplitz_fits(h * w, weight.shape[0], weight.shape[1]):
         return "toeplitz"
+    if not needs_grad and h * w <= 32 * 32:
+        return "band"
     return "rfft"
 
 
@@ -198,16 +226,18 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         v: values (B, u, v, N) with N = h*w.
         weight: kernel (k, u, r, r), shared over the v axis.
         bias: (k,) or None.
-        impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``toeplitz`` | ``auto`` (same result,
-            different kernels). ``auto`` picks per pass and size, by measurement (`_auto_lambda_conv`):
-            ``conv2d`` for r <= 7 and for forward-only passes of fewer than 64 rows B*v,
-            ``toeplitz`` for small maps (h*w <= 2 r^2) of at least 64 rows, ``rfft`` otherwise. They agree to ~1e-6 relative in float32, so a training forward
+        impl: ``conv2d`` | ``conv3d`` | ``unfold`` | ``rfft`` | ``toeplitz`` | ``band`` | ``auto`` (same
+            result, different kernels). ``auto`` picks per pass and size, by measurement
+            (`_auto_lambda_conv`): ``conv2d`` for r <= 7, ``toeplitz`` for small maps (h*w <= 2 r^2)
+            of at least 64 rows B*v, ``band`` for other forward-only passes on maps up to 32x32,
+            ``rfft`` otherwise. They agree to ~1e-6 relative in float32, so a training forward
             and an evaluation forward of the same weights differ at that level.
             ``toeplitz`` is one GEMM with the block-Toeplitz matrix of the kernel (`_ToeplitzConv`;
             its memory is k*u*N^2 values, for small maps).
             ``rfft`` multiplies real 2-D FFTs of the zero-padded maps and kernels (exact linear
             correlation up to rounding, ~1e-6 relative in float32); it computes in float32 at least.
-            Inside ``explicit_ops()`` it runs as ``conv2d`` so MAC counters see the direct
+            ``band`` is one ``conv2d`` over row tiles of `BAND_TILE` pixels (`_band_conv`).
+            Inside ``explicit_ops()`` the last three run as ``conv2d`` so MAC counters see the direct
             convolution's r*r*k*u*v MACs per pixel (the convention of every ``macs()``).
 
     Returns:
@@ -218,13 +248,15 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     pad = r // 2
     if impl == "auto":
         impl = _auto_lambda_conv(v, weight, h, w)
-    if impl in ("rfft", "toeplitz") and (explicit_ops_enabled() or exporting()):
+    if impl in ("rfft", "toeplitz", "band") and (explicit_ops_enabled() or exporting()):
         impl = "conv2d"  # the same numbers by the direct convolution: countable, traceable, ONNX-exportable
     if impl == "toeplitz":
         if not toeplitz_fits(h * w, k, u):
             raise ValueError(f"lambda_conv='toeplitz' needs a {u * h * w} x {k * h * w} matrix at {h}x{w} "
                              f"(over {TOEPLITZ_MAX_VALUES} values); it is for small maps, use 'rfft' or 'conv2d'")
         return _ToeplitzConv.apply(v, weight, bias, h, w)
+    if impl == "band":
+        return _band_conv(v, weight, bias, h, w)
     if impl == "rfft":
         img = rearrange(v, "b u v (x y) -> (b v) u x y", x=h, y=w)
         dtype = torch.promote_types(img.dtype, torch.float32)
@@ -263,30 +295,33 @@ class _ApplyLambdas(torch.autograd.Function):
 
     torch lowers the equivalent einsum to one tiny (|h| x k) @ (k x v) bmm per pixel, ~25x slower on
     CPU; here every op streams whole contiguous rows of n. Backward: dq = Σ_v g lam (v passes),
-    dlam = Σ_h q g (|h| passes)."""
+    dlam = Σ_h q g (|h| passes). The operands are cut into their slabs by one ``unbind`` each (not a
+    select and an unsqueeze per pass): at batch 1 a pass is a few microseconds of arithmetic, so
+    the dispatcher calls around it were most of the layer's cost."""
 
     @staticmethod
     def forward(ctx, q, lam):
         ctx.save_for_backward(q, lam)
-        out = torch.mul(q[:, :, 0, None, :], lam[:, None, 0])  # (B, h, v, N)
-        for i in range(1, q.shape[2]):
-            out.addcmul_(q[:, :, i, None, :], lam[:, None, i])
-        return out
+        return _fma_passes(q.unsqueeze(3).unbind(2), lam.unsqueeze(1).unbind(2))  # (B,h,1,N) x (B,1,v,N)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         q, lam = ctx.saved_tensors
         grad_q = grad_lam = None
-        if ctx.needs_input_grad[0]:
-            grad_q = torch.mul(grad[:, :, 0, None, :], lam[:, None, :, 0])  # (B, h, k, N)
-            for j in range(1, lam.shape[2]):
-                grad_q.addcmul_(grad[:, :, j, None, :], lam[:, None, :, j])
-        if ctx.needs_input_grad[1]:
-            grad_lam = torch.mul(q[:, 0, :, None, :], grad[:, 0, None])  # (B, k, v, N)
-            for j in range(1, q.shape[1]):
-                grad_lam.addcmul_(q[:, j, :, None, :], grad[:, j, None])
+        if ctx.needs_input_grad[0]:  # (B,h,1,N) x (B,1,k,N) over v
+            grad_q = _fma_passes(grad.unsqueeze(3).unbind(2), lam.unsqueeze(1).unbind(3))
+        if ctx.needs_input_grad[1]:  # (B,k,1,N) x (B,1,v,N) over h
+            grad_lam = _fma_passes(q.unsqueeze(3).unbind(1), grad.unsqueeze(2).unbind(1))
         return grad_q, grad_lam
+
+
+def _fma_passes(a, b) -> torch.Tensor:
+    """Σ_i a[i] * b[i] (broadcast), as one multiply and len(a) - 1 in-place multiply-adds."""
+    out = torch.mul(a[0], b[0])
+    for x, y in zip(a[1:], b[1:]):
+        out.addcmul_(x, y)
+    return out
 
 
 def apply_lambdas(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -356,7 +391,7 @@ class LocalLambda(TokenMixer):
         r: scope of the lambda convolution (odd).
         norm: normalisation of queries and values: ``layer`` (default), ``group``, ``batch`` (paper), ``none``.
         lambda_conv: ``auto`` (default: per pass and size, see `lambda_conv`), ``conv2d``, ``conv3d``,
-            ``unfold``, ``rfft`` or ``toeplitz``.
+            ``unfold``, ``rfft``, ``toeplitz`` or ``band``.
         pos_bias: learn a bias per k in the position convolution (as Moebius does).
         layer_scale: multiply the output by a learned per-channel gain that starts at this value
             (LayerScale, Touvron et al. 2021); ``None`` (the paper's layer): no gain. See `_LayerScale`.
@@ -428,6 +463,24 @@ def fourier_features(h: int, w: int, n_freq: int, device, dtype) -> torch.Tensor
     freqs = (2.0 ** torch.arange(n_freq, device=device, dtype=dtype)) * math.pi / 2
     ang = grid[:, :, None] * freqs  # (N, 2, F)
     return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(h * w, 4 * n_freq)
+
+
+_FEATURES: dict = {}
+
+
+def _cached_fourier_features(h: int, w: int, n_freq: int, device, dtype) -> torch.Tensor:
+    """`fourier_features`, computed once per (size, frequencies, device, dtype): they depend on nothing
+    else, and at batch 1 their ~20 small ops were a fifth of an Interactive-λ forward's dispatcher
+    calls. Made outside inference mode (so a training forward may save them for backward); computed
+    afresh while tracing or compiling, where a cached tensor would be a hidden constant."""
+    if exporting() or torch.compiler.is_compiling():
+        return fourier_features(h, w, n_freq, device, dtype)
+    key = (h, w, n_freq, str(device), dtype)
+    feats = _FEATURES.get(key)
+    if feats is None:
+        with torch.inference_mode(False), torch.no_grad():
+            feats = _FEATURES[key] = fourier_features(h, w, n_freq, device, dtype)
+    return feats
 
 
 @register_attention("interactive_lambda", roles=("cross",), label="Interactive-λ", color="#8172B3")
@@ -505,31 +558,46 @@ class InteractiveLambda(TokenMixer):
         self.gain = _LayerScale.make(dim, layer_scale)
 
     def _values(self, context: torch.Tensor) -> torch.Tensor:
-        v = self.to_v(context)  # (B, L, u*v)
+        return self._norm_values(self.to_v(context))
+
+    def _norm_values(self, v: torch.Tensor) -> torch.Tensor:
+        """Normalised values (B, L, u*v) from projected ones."""
         if self._norm_v_is_batch:
             return self.norm_v(v.transpose(1, 2)).transpose(1, 2)
         return self.norm_v(v)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x, context)
-        _, _, hh, ww = x.shape
+        b, _, hh, ww = x.shape
+        k, u, dv, n = self.dim_k, self.dim_u, self.dim_v, hh * ww
         q = rearrange(self.norm_q(self.to_q(x)), "b (h k) x y -> b h k (x y)", h=self.heads)
-        keys = rearrange(self.to_k(context), "b l (u k) -> b u k l", u=self.dim_u).softmax(dim=-1)
-        v = rearrange(self._values(context), "b l (u v) -> b u v l", u=self.dim_u)
-        lam = torch.einsum("bukl,buvl->bkv", keys, v)  # λc (B, k, v)
+        fourier = self.position == "fourier"
+        # the token projections as one matmul (each module keeps its own weight): at the tiny U-Net's
+        # sizes the layer's cost is its number of ops, not their arithmetic
+        weights = [self.to_k.weight, self.to_v.weight] + ([self.to_pos_k.weight] if fourier else [])
+        proj = F.linear(context, torch.cat(weights))  # (B, L, u*k + u*v [+ u*k])
+        keys, v = proj[..., : u * k], self._norm_values(proj[..., u * k : u * (k + dv)])
+        keys = keys.reshape(b, -1, u, k).softmax(dim=1)  # over the L tokens
+        v = v.reshape(b, -1, u, dv)
+        if fourier and u == 1:
+            # λc = Σ_l K V^T and Σ_l P V^T in one matmul over the tokens: (B, 2k, L) @ (B, L, v)
+            kp = torch.cat([keys.squeeze(2), proj[..., u * (k + dv):]], dim=-1)  # (B, L, 2k)
+            lams = torch.bmm(kp.transpose(1, 2), v.squeeze(2))  # rows: λc, then P V (B, 2k, v)
+        else:
+            lam = torch.bmm(keys.reshape(b, -1, k).transpose(1, 2), v.reshape(b, -1, dv))  # λc: sum over (l, u)
+            if fourier:
+                pk = proj[..., u * (k + dv):].reshape(b, -1, u, k)
+                lams = torch.cat([lam, torch.einsum("bluk,bluv->bukv", pk, v).reshape(b, u * k, dv)], dim=1)
         if self.position == "none":
-            out = torch.einsum("bhkn,bkv->bhvn", q, lam)  # one lambda for all pixels: a plain matmul
-        elif self.position == "fourier":
-            pk = rearrange(self.to_pos_k(context), "b l (u k) -> b u k l", u=self.dim_u)
-            per_u = torch.einsum("bukl,buvl->bukv", pk, v)  # Σ_l P V  (B, u, k, v)
-            feats = fourier_features(hh, ww, self.n_freq, x.device, x.dtype)
-            gate = rearrange(self.pos_gate(feats), "n (k u) -> u k n", u=self.dim_u)  # G(p_n)
+            out = torch.einsum("bkv,bhkn->bhvn", lam, q)  # one lambda for all pixels: a plain matmul
+        elif fourier:
+            gate = self.pos_gate(_cached_fourier_features(hh, ww, self.n_freq, x.device, x.dtype))  # G(p_n) (N, k*u)
+            gate = gate.t().reshape(k, u, n).transpose(0, 1)  # (u, k, N)
             # (λc + λp_n)^T q_n with λp_n = Σ_u G(p_n)[:, u] ⊙ (PV)_u never formed: the gate moves onto
             # the queries, y_n = λc^T q_n + Σ_u (PV)_u^T (G(p_n)_u ⊙ q_n), one batched matmul over
             # depth (1 + u) k instead of a (B, k, v, N) tensor and a per-pixel application.
-            qg = torch.cat([q.unsqueeze(2), q.unsqueeze(2) * gate], dim=2)  # (B, h, 1+u, k, N)
-            lams = torch.cat([lam.unsqueeze(1), per_u], dim=1)  # (B, 1+u, k, v)
-            out = torch.einsum("bhjkn,bjkv->bhvn", qg, lams)
+            qg = torch.cat([q, (q.unsqueeze(2) * gate).reshape(b, self.heads, u * k, n)], dim=2)  # (B, h, (1+u)k, N)
+            out = torch.einsum("bjv,bhjn->bhvn", lams, qg)  # (B, h, v, N)
         elif self.position == "table":
             if (hh, ww) != self.feat_size or context.shape[1] != self.num_tokens:
                 raise ValueError(
@@ -537,9 +605,9 @@ class InteractiveLambda(TokenMixer):
                     f"num_tokens={self.num_tokens}; got {(hh, ww)} and {context.shape[1]} tokens. "
                     "Use position='fourier' for any size."
                 )
-            pos = torch.einsum("nlku,buvl->bkvn", self.pos_table, v)  # λp (B, k, v, N)
+            pos = torch.einsum("nlku,bluv->bkvn", self.pos_table, v)  # λp (B, k, v, N)
             out = apply_lambdas(q, pos + lam.unsqueeze(-1))  # (λc + λp_n)^T q_n
-        return self.gain(rearrange(out, "b h v (x y) -> b (h v) x y", x=hh, y=ww))
+        return self.gain(out.reshape(b, self.heads * dv, hh, ww))
 
     def macs(self, h: int, w: int, context_len: int = 0) -> int:
         n, L, k, u, v, nh = h * w, context_len, self.dim_k, self.dim_u, self.dim_v, self.heads
