@@ -1,8 +1,10 @@
 """The U-Net benchmark and the GPU check: dispatch and bookkeeping, checked on CPU."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -263,3 +265,19 @@ def test_the_apply_layout_benchmark_compares_the_same_numbers_and_restores_the_p
         BA.measure(["local_lambda"], [16], batch=2, fwd_batch=2, rounds=1)
     assert LL.apply_lambdas is BA.NEW
     assert "| local_lambda | 16 | fwd_b1 |" in BA.table(df)
+
+
+def test_ab_unet_alternates_two_checkouts_into_one_tidy_csv(tmp_path):
+    """benchmarks/ab_unet.sh runs bench_unet.py in the old checkout and in this one, alternating,
+    and merges the runs into one CSV labelled by code (old / new), commit and run."""
+    out = tmp_path / "ab.csv"
+    args = ["--arms", "baseline", "--sizes", "16", "--passes", "fwd", "--rounds", "1", "--min-run-time", "0",
+            "--dtypes", "fp32", "--formats", "contiguous"]
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "ab_unet.sh"), str(ROOT), str(out), "2", *args],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out)
+    assert sorted(zip(df["code"], df["run"])) == [("new", 1), ("new", 2), ("old", 1), ("old", 2)]
+    assert set(df["arm"]) == {"baseline"} and (df["side"] == 16).all() and (df["latency_ms"] > 0).all()
+    assert df.loc[df["code"] == "new", "commit"].str.endswith("+worktree").all()
+    assert "run 2 new: done" in res.stdout
