@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two checkouts of lambda-blocks side by side on the U-Net benchmark: bench_unet.py runs in the old
 # checkout and in this one, alternating (old, new, old, new, ...), each run timing its arms interleaved;
-# the runs are merged into one tidy CSV with a `code` column (old / new) and a `run` column.
+# the runs are merged into one tidy CSV with `code` (old / new), `commit` and `run` columns, and its
+# ratio table beside it (`ab_merge.py`, .md: what the README quotes).
 #
 #   git worktree add /tmp/old <commit>
 #   benchmarks/ab_unet.sh /tmp/old results/unet_ab-<what>.csv [alternations] [bench_unet.py args...]
@@ -22,18 +23,5 @@ for i in $(seq "$n"); do
     echo "run $i $code: done"
   done
 done
-"$py" - "$tmp" "$out" "$(git -C "$old" rev-parse --short HEAD)" "$(git -C "$new" rev-parse --short HEAD)" <<'PY'
-import glob, os, sys
-import pandas as pd
-tmp, out, old_sha, new_sha = sys.argv[1:]
-frames = []
-for f in sorted(glob.glob(os.path.join(tmp, "*_*.csv"))):
-    code, run = os.path.basename(f)[:-4].split("_")
-    frames.append(pd.read_csv(f).assign(code=code, commit=old_sha if code == "old" else f"{new_sha}+worktree", run=int(run)))
-df = pd.concat(frames, ignore_index=True)
-os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-df.to_csv(out + ".tmp", index=False); os.replace(out + ".tmp", out)
-t = df.pivot_table(index=["side", "pass", "run"], columns=["code", "arm"], values="latency_ms")
-print(t.round(2).to_string())
-print(f"wrote {out}")
-PY
+"$py" "$new/benchmarks/ab_merge.py" "$out" --runs "$tmp" \
+     --old-commit "$(git -C "$old" rev-parse --short HEAD)" --new-commit "$(git -C "$new" rev-parse --short HEAD)+worktree"

@@ -297,3 +297,22 @@ def test_slow_bf16_cpu_ops_compute_in_float32_under_autocast_only():
         assert f32_under_autocast(x) is x  # float32 stays as it is
     assert out.dtype == torch.float32 and torch.equal(out, ref(xb.float()))
     assert phi.dtype == torch.float32 and torch.equal(phi, torch.nn.functional.elu(xb.float()) + 1)
+
+
+def test_interactive_lambda_feature_cache_survives_inference_mode_then_training():
+    """The Fourier features are cached per size; an entry first made under inference_mode must still
+    serve a training forward (an inference tensor cannot be saved for backward)."""
+    from lambda_blocks.layers.lambda_layers import _cached_fourier_features, fourier_features
+
+    torch.manual_seed(0)
+    m = create_attention("interactive_lambda", 16, heads=2)
+    x, ctx = torch.randn(2, 16, 7, 9), torch.randn(2, 3, 16)
+    with torch.inference_mode():
+        y0 = m(x, ctx)
+    y = m(x, ctx)
+    y.square().sum().backward()
+    assert m.pos_gate.weight.grad is not None and m.pos_gate.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(y.detach(), y0)
+    feats = _cached_fourier_features(7, 9, m.n_freq, x.device, x.dtype)
+    assert not feats.is_inference() and feats is _cached_fourier_features(7, 9, m.n_freq, "cpu", x.dtype)
+    torch.testing.assert_close(feats, fourier_features(7, 9, m.n_freq, x.device, x.dtype), rtol=0, atol=0)

@@ -281,3 +281,20 @@ def test_ab_unet_alternates_two_checkouts_into_one_tidy_csv(tmp_path):
     assert set(df["arm"]) == {"baseline"} and (df["side"] == 16).all() and (df["latency_ms"] > 0).all()
     assert df.loc[df["code"] == "new", "commit"].str.endswith("+worktree").all()
     assert "run 2 new: done" in res.stdout
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert table[0] == "| side | pass | baseline before / after |" and table[2].startswith("| 16 | fwd | ")
+
+
+def test_ab_ratio_table_gives_the_range_over_runs_of_each_ratio():
+    import ab_merge
+
+    rows = []
+    for run, (old_b, old_m, new_b, new_m) in enumerate([(10.0, 20.0, 10.0, 10.0), (12.0, 20.0, 10.0, 8.0)], 1):
+        for code, b, m in (("old", old_b, old_m), ("new", new_b, new_m)):
+            rows += [dict(side=32, **{"pass": "fwd"}, run=run, code=code, arm="baseline", latency_ms=b),
+                     dict(side=32, **{"pass": "fwd"}, run=run, code=code, arm="moebius", latency_ms=m)]
+    lines = ab_merge.ratio_table(pd.DataFrame(rows)).splitlines()
+    assert lines[0] == ("| side | pass | baseline / moebius, before | baseline / moebius, after "
+                        "| baseline before / after | moebius before / after |")
+    # baseline/moebius old 0.50 and 0.60, new 1.00 and 1.25; baseline old/new 1.00, 1.20; moebius 2.00, 2.50
+    assert lines[2] == "| 32 | fwd | 0.50–0.60 | 1.00–1.25 | 1.00–1.20 | 2.00–2.50 |"

@@ -34,6 +34,7 @@ because BatchNorm couples the samples of a batch; ``norm="batch"`` restores the 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -465,22 +466,19 @@ def fourier_features(h: int, w: int, n_freq: int, device, dtype) -> torch.Tensor
     return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(h * w, 4 * n_freq)
 
 
-_FEATURES: dict = {}
+@functools.lru_cache(maxsize=64)
+def _fourier_features_once(h: int, w: int, n_freq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor: a training forward may save it
+        return fourier_features(h, w, n_freq, device, dtype)
 
 
 def _cached_fourier_features(h: int, w: int, n_freq: int, device, dtype) -> torch.Tensor:
     """`fourier_features`, computed once per (size, frequencies, device, dtype): they depend on nothing
     else, and at batch 1 their ~20 small ops were a fifth of an Interactive-λ forward's dispatcher
-    calls. Made outside inference mode (so a training forward may save them for backward); computed
-    afresh while tracing or compiling, where a cached tensor would be a hidden constant."""
+    calls. Computed afresh while tracing or compiling, where a cached tensor would be a hidden constant."""
     if exporting() or torch.compiler.is_compiling():
         return fourier_features(h, w, n_freq, device, dtype)
-    key = (h, w, n_freq, str(device), dtype)
-    feats = _FEATURES.get(key)
-    if feats is None:
-        with torch.inference_mode(False), torch.no_grad():
-            feats = _FEATURES[key] = fourier_features(h, w, n_freq, device, dtype)
-    return feats
+    return _fourier_features_once(h, w, n_freq, torch.device(device), dtype)
 
 
 @register_attention("interactive_lambda", roles=("cross",), label="Interactive-λ", color="#8172B3")
@@ -579,15 +577,12 @@ class InteractiveLambda(TokenMixer):
         keys, v = proj[..., : u * k], self._norm_values(proj[..., u * k : u * (k + dv)])
         keys = keys.reshape(b, -1, u, k).softmax(dim=1)  # over the L tokens
         v = v.reshape(b, -1, u, dv)
-        if fourier and u == 1:
-            # λc = Σ_l K V^T and Σ_l P V^T in one matmul over the tokens: (B, 2k, L) @ (B, L, v)
-            kp = torch.cat([keys.squeeze(2), proj[..., u * (k + dv):]], dim=-1)  # (B, L, 2k)
-            lams = torch.bmm(kp.transpose(1, 2), v.squeeze(2))  # rows: λc, then P V (B, 2k, v)
-        else:
-            lam = torch.bmm(keys.reshape(b, -1, k).transpose(1, 2), v.reshape(b, -1, dv))  # λc: sum over (l, u)
-            if fourier:
-                pk = proj[..., u * (k + dv):].reshape(b, -1, u, k)
-                lams = torch.cat([lam, torch.einsum("bluk,bluv->bukv", pk, v).reshape(b, u * k, dv)], dim=1)
+        if fourier:  # the position keys P beside the keys: Σ_l K V^T and Σ_l P V^T in one matmul over the tokens
+            keys = torch.cat([keys, proj[..., u * (k + dv):].reshape(b, -1, u, k)], dim=-1)  # (B, L, u, 2k)
+        per_u = torch.einsum("bluj,bluv->bujv", keys, v)  # (B, u, k [+ k], v)
+        lam = per_u[:, :, :k].sum(1)  # λc (B, k, v): summed over u too
+        if fourier:
+            lams = torch.cat([lam, per_u[:, :, k:].reshape(b, u * k, dv)], dim=1)  # rows: λc, then (P V)_u
         if self.position == "none":
             out = torch.einsum("bkv,bhkn->bhvn", lam, q)  # one lambda for all pixels: a plain matmul
         elif fourier:
