@@ -25,6 +25,15 @@ def dirs(preset: str, runs_root: str | None = None, root: str | Path | None = No
     }
 
 
+def cost_profile(preset: str, root: str | Path | None = None) -> Path | None:
+    """The profile table the preset's cost figure is drawn from: for ``dev``, the repository's one
+    profile table (``results/profile.csv``: ``benchmarks/bench_scaling.py``, 16-128 px, bare mixers
+    and arm blocks; ablations/resolution.yaml's dev sweep stops at 64 px) when it exists; otherwise
+    None (the preset's own ``results/<preset>/profile.csv``)."""
+    path = (Path(root) if root else ROOT) / "results" / "profile.csv"
+    return path if preset == "dev" and path.exists() else None
+
+
 def _sets(args) -> dict:
     from lambda_blocks.config import parse_sets
 
@@ -66,7 +75,7 @@ def cmd_figures(args) -> int:
 
     d = dirs(args.preset)
     t0 = time.time()
-    written = regenerate(d["results"], d["figures"], d["assets"], args.preset)
+    written = regenerate(d["results"], d["figures"], d["assets"], args.preset, cost_profile=cost_profile(args.preset))
     print(f"{len(written)} files regenerated from {d['results']} in {time.time() - t0:.1f}s")
     return 0
 

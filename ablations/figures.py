@@ -45,10 +45,14 @@ def _write_claims(assets_dir: Path, name: str, rows: list[dict], space: str, wri
     _write_rows(assets_dir, name, rows, P.claims_table(rows, f"{space}. {P.CLAIMS_CAPTION}"), written)
 
 
-def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str) -> list[Path]:
+def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Path | str, preset: str,
+               cost_profile: Path | str | None = None) -> list[Path]:
     """Write all figures (PNG + PDF) and tables (Markdown + LaTeX); returns the written paths.
 
-    Reads ``results_dir`` only and writes only ``figures_dir`` and ``assets_dir``. Missing inputs are
+    Reads ``results_dir`` (and ``cost_profile``, when given: the profile table the cost figure and
+    ``scaling_slopes.md`` are drawn from instead of ``results_dir/profile.csv``; the dev study's is
+    the repository's one profile table, ``results/profile.csv``, which ``benchmarks/bench_scaling.py``
+    measures up to 128² with arm blocks) and writes only ``figures_dir`` and ``assets_dir``. Missing inputs are
     reported (a study without profiling has no cost figure) rather than faked. Every quality figure
     and table carries the classical floor scored on the same test problems; the study's rows are the
     runs trained with the preset's recipe (``plotting.with_recipe``), the other recipes appear in the
@@ -57,6 +61,7 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
     results_dir, figures_dir, assets_dir = Path(results_dir), Path(figures_dir), Path(assets_dir)
     runs, curves, profile, kd_log, evals, per_image, autoencoders = (
         _read(results_dir / f"{n}.csv") for n in ("runs", "curves", "profile", "kd_log", "evals", "per_image", "autoencoders"))
+    cost = _read(Path(cost_profile)) if cost_profile is not None else profile
     written: list[Path] = []
     if autoencoders is not None and len(autoencoders):
         _write(assets_dir / "autoencoders.md", P.autoencoder_table(autoencoders), written)
@@ -159,9 +164,9 @@ def regenerate(results_dir: Path | str, figures_dir: Path | str, assets_dir: Pat
         curves = curves[curves["arm"].isin(variant_arms())]
         if len(curves):
             written += P.fig_training_curves(curves, figures_dir)
-    if profile is not None and len(profile) and (profile["kind"] == "block").any():
-        written += P.fig_cost_vs_resolution(profile, figures_dir)
-        slopes = P.scaling_table(profile)
+    if cost is not None and len(cost) and (cost["kind"] == "block").any():
+        written += P.fig_cost_vs_resolution(cost, figures_dir)
+        slopes = P.scaling_table(cost)
         atomic_write_text(assets_dir / "scaling_slopes.md", slopes.to_markdown(index=False, floatfmt=".2f") + "\n")
         written.append(assets_dir / "scaling_slopes.md")
     # stable-named copies of the key figures for the paper

@@ -246,11 +246,12 @@ def fig_quality_vs_size(runs: pd.DataFrame, metric: str, out_dir, name: str | No
     return save_figure(fig, out_dir, name or f"quality_vs_size_{metric}")
 
 
-def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd") -> pd.DataFrame:
-    """The block rows one cost line may join: the default construction (empty ``config``), one pass,
-    batch 1, the most common thread count and dtype, one row per (variant, pixels) (the newest),
-    sorted by pixels."""
-    prof = profile[(profile["kind"] == "block") & (profile["pass"] == pass_)]
+def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd", kind: str = "block") -> pd.DataFrame:
+    """The rows of one ``kind`` (``block``: bare mixers; ``arm_block``: a U-Net arm's mixing block) one
+    cost line may join: the default construction (empty ``config``), one pass, batch 1, the most
+    common thread count, dtype and hardware, one row per (variant, pixels) (the newest), sorted by
+    pixels."""
+    prof = profile[(profile["kind"] == kind) & (profile["pass"] == pass_)]
     if "config" in prof:  # the default construction only (not e.g. the memory-only explicit_ops rows)
         prof = prof[prof["config"].isna() | (prof["config"].astype(str).isin(["", "nan"]))]
     for col, keep in (("batch", 1), ("threads", None), ("dtype", None), ("hardware", None)):
@@ -261,24 +262,35 @@ def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd") -> pd.DataF
     return prof.drop_duplicates(["variant", "pixels"], keep="last").sort_values("pixels", kind="stable")
 
 
-def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_resolution") -> list[Path]:
-    """MACs, latency and peak memory of single blocks vs pixel count, log-log, with fitted slopes."""
+def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_resolution",
+                           slope_from: int = 32) -> list[Path]:
+    """MACs, latency and peak memory vs pixel count, log-log, with fitted slopes: bare token mixers
+    (solid) and, where the profile has them, each U-Net arm's whole mixing block (``arm_block``
+    rows: norm, projections, self- and cross-mixer, FFN; dashed), so a block is compared with a block.
+    The printed slopes are fitted from ``slope_from``² pixels up, as ``scaling_table``'s are."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     style()
     prof = consistent_block_rows(profile)
+    lines = [(prof, "-", "o", "")]
+    if (profile["kind"] == "arm_block").any():
+        arm = consistent_block_rows(profile, kind="arm_block")
+        lines.append((arm[arm["hardware"] == prof["hardware"].iloc[0]] if "hardware" in arm and len(prof) else arm,
+                      "--", "s", " block"))
     panels = [("macs", "MACs / sample"), ("latency_ms_median", "latency (ms)"), ("peak_mem_mb", "peak memory (MiB)")]
-    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.1))
     for ax, (col, ylabel) in zip(axes, panels):
-        for var, grp in prof.groupby("variant", sort=False):
-            if col not in grp or grp[col].isna().all():
-                continue
-            slope = loglog_slope(grp["pixels"], grp[col])
-            ax.plot(grp["pixels"], grp[col], marker="o", ms=3, color=color(var), label=label(var))
-            last = grp.dropna(subset=[col]).iloc[-1]
-            ax.annotate(f"{slope:.2f}", (last["pixels"], last[col]), xytext=(3, 0), textcoords="offset points",
-                        fontsize=6, color=color(var), va="center")
+        for rows, ls, mk, suffix in lines:
+            for var, grp in rows.groupby("variant", sort=False):
+                if col not in grp or grp[col].isna().all():
+                    continue
+                fit = grp[grp["pixels"] >= slope_from ** 2]
+                slope = loglog_slope(fit["pixels"], fit[col])
+                ax.plot(grp["pixels"], grp[col], ls=ls, marker=mk, ms=3, color=color(var), label=label(var) + suffix)
+                last = grp.dropna(subset=[col]).iloc[-1]
+                ax.annotate(f"{slope:.2f}", (last["pixels"], last[col]), xytext=(3, 0), textcoords="offset points",
+                            fontsize=6, color=color(var), va="center")
         log_x_at(ax, prof["pixels"])
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(round(v ** 0.5))}²"))
         ax.tick_params(axis="x", labelrotation=0)
@@ -287,13 +299,15 @@ def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_
         ax.set_xlabel("pixels H·W")
         ax.set_title(ylabel, fontsize=8)
     h, lab = axes[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="lower center", ncol=len(lab), fontsize=6, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 5), fontsize=6, frameon=False, bbox_to_anchor=(0.5, 0.0))
     width = int(prof["channels"].iloc[0]) if "channels" in prof and len(prof) else None
     hw = prof["hardware"].iloc[0] if "hardware" in prof and len(prof) else ""
     th = int(prof["threads"].iloc[0]) if "threads" in prof and len(prof) and prof["threads"].notna().any() else None
-    fig.suptitle(f"cost of one token mixer vs resolution (width {width}, batch 1, forward, {hw}"
-                 + (f", {th} thread{'s' if th != 1 else ''}" if th else "") + "); numbers: log-log slopes", fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    what = "token mixers (solid) and arm blocks (dashed)" if len(lines) > 1 else "one token mixer"
+    fig.suptitle(f"cost of {what} vs resolution (width {width}, batch 1, forward, {hw}"
+                 + (f", {th} thread{'s' if th != 1 else ''}" if th else "")
+                 + f"); numbers: log-log slopes from {slope_from}²", fontsize=8)
+    fig.tight_layout(rect=(0, 0.08 * (1 + (len(h) > 5)), 1, 1))
     return save_figure(fig, out_dir, name)
 
 
@@ -575,15 +589,26 @@ def quality_table(runs: pd.DataFrame, caption: str, floors: pd.DataFrame | None 
     return md + f"\n{caption}\n"
 
 
-def scaling_table(profile: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: log-log slopes of MACs, latency and memory vs pixels, from the block rows."""
-    prof = profile[(profile["kind"] == "block") & (profile["pass"] == "fwd")]
+def scaling_table(profile: pd.DataFrame, min_side: int = 32, pass_: str = "fwd") -> pd.DataFrame:
+    """Log-log slopes of MACs, latency and peak memory against pixels, per bare mixer (``block`` rows)
+    and per arm's mixing block (``arm_block``), over the sides from ``min_side`` up: the rows the
+    cost figure draws (``consistent_block_rows``), so table, figure and README quote one measurement.
+    A slope of 1 is linear in the pixels, 2 quadratic. Below 32² fixed per-call costs flatten every
+    latency curve, hence the default."""
     rows = []
-    for var, grp in prof.groupby("variant", sort=False):
-        rows.append(dict(variant=var,
-                         macs_slope=loglog_slope(grp["pixels"], grp["macs"]),
-                         latency_slope=loglog_slope(grp["pixels"], grp["latency_ms_median"]),
-                         memory_slope=loglog_slope(grp["pixels"], grp["peak_mem_mb"]) if "peak_mem_mb" in grp else np.nan))
+    for kind, what in (("block", "mixer"), ("arm_block", "arm block")):
+        prof = consistent_block_rows(profile, pass_, kind) if (profile["kind"] == kind).any() else profile.iloc[:0]
+        prof = prof[prof["pixels"] >= min_side ** 2]
+        for var, grp in prof.groupby("variant", sort=False):
+            if grp["pixels"].nunique() < 2:
+                continue
+            lo, hi = (int(round(v ** 0.5)) for v in (grp["pixels"].min(), grp["pixels"].max()))
+            mem = grp["peak_mem_mb"] if "peak_mem_mb" in grp else pd.Series(dtype=float)
+            rows.append({"variant": var, "kind": what, "sides": f"{lo}²→{hi}²",
+                         "macs_slope": loglog_slope(grp["pixels"], grp["macs"]),
+                         "latency_slope": loglog_slope(grp["pixels"], grp["latency_ms_median"]),
+                         "memory_slope": loglog_slope(grp["pixels"], mem) if mem.notna().sum() >= 2 else np.nan,
+                         "hardware": str(grp["hardware"].iloc[0]) if "hardware" in grp else ""})
     return pd.DataFrame(rows)
 
 
@@ -882,9 +907,19 @@ PAIRED_CAPTION = ("Paired comparisons on the same test problems: A − B is the 
                   "randomness: the seed std of each arm is beside it. LPIPS: lower is better; PSNR: higher.")
 
 
+def ci_header(rows: list[dict], default: float = 0.95) -> str:
+    """The interval column's header, "95% CI", from the rows' ``confidence`` (``stats.Paired``); rows
+    at different levels cannot share one column, so that is an error rather than a wrong header."""
+    levels = {round(float(r.get("confidence", default)), 6) for r in rows} or {default}
+    if len(levels) > 1:
+        raise ValueError(f"rows mix confidence levels {sorted(levels)}: one table, one level")
+    c = levels.pop() * 100
+    return f"{c:.0f}% CI" if abs(c - round(c)) < 1e-9 else f"{c:g}% CI"
+
+
 def paired_table(rows: list[dict], caption: str) -> str:
     """Markdown: A − B with its paired bootstrap interval, the seed spread of each, and the verdict."""
-    head = ["A", "B", "metric", "A", "B", "A − B", "95% CI", "seeds A / B", "seed std A / B", "verdict"]
+    head = ["A", "B", "metric", "A", "B", "A − B", ci_header(rows), "seeds A / B", "seed std A / B", "verdict"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     for r in rows:
         dg = 3 if r["metric"].startswith(("lpips", "ssim")) else 2
@@ -1098,7 +1133,7 @@ CLAIMS_CAPTION = ("The paper's Table 2 ordering (MOEBIUS_SPEC section 10), each 
 
 def claims_table(rows: list[dict], caption: str = CLAIMS_CAPTION) -> str:
     """Markdown of ``paper_claims`` rows: claim, A, B, metric, means, A − B [CI], seeds, holds, floor."""
-    head = ["claim", "A", "B", "metric", "A", "B", "A − B", "95% CI", "seeds A / B", "holds", "floor A / B"]
+    head = ["claim", "A", "B", "metric", "A", "B", "A − B", ci_header(rows), "seeds A / B", "holds", "floor A / B"]
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     for r in rows:
         f = f"{{:.{3 if r['metric'].startswith(('lpips', 'ssim')) else 2}f}}"

@@ -271,11 +271,8 @@ def test_readme_tables_are_the_generated_ones():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     quoted = 0
-    for name in ("quality_vs_size.md", "table2_ablation.md", "table2_kd.md", "paired_quality.md", "paired_table2.md",
-                 "convergence.md", "budgets.md", "autoencoders.md"):
-        path = root / "paper_assets" / "dev" / name
-        if not path.exists():
-            continue
+    for path in sorted((root / "paper_assets" / "dev").glob("*.md")):  # every table `make figures` writes
+        name = path.name
         rows = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
         assert rows, name
         missing = [ln for ln in rows if ln not in readme.splitlines()]
@@ -621,3 +618,40 @@ def test_the_papers_ordering_claims_are_judged_by_paired_intervals_and_the_floor
     assert not any(r["arm_a"] == "vanilla" or r["arm_b"] == "vanilla" for r in rows)  # the teacher is no arm of it
     md = P.claims_table(rows)
     assert md.count("\n| ") == len(rows) and "| not shown |" in md and "no / yes" in md
+    assert "| 95% CI |" in md
+    # the interval column names the level the intervals were computed at, and refuses a mix
+    rows90 = P.paper_claims(per, runs, floors, metrics=("lpips",), confidence=0.9)
+    assert "| 90% CI |" in P.claims_table(rows90) and "95% CI" not in P.claims_table(rows90)
+    with pytest.raises(ValueError, match="confidence levels"):
+        P.claims_table(rows + rows90)
+
+
+def test_scaling_slopes_come_from_one_consistent_measurement_with_arm_blocks(tmp_path):
+    """The slopes table joins rows the way the cost figure does (one hardware, batch 1, newest per
+    size), fits from 32² up, and lists arm blocks beside bare mixers; dev draws it from the
+    repository's one profile table."""
+    from ablations.__main__ import cost_profile
+    from lambda_blocks import plotting as P
+
+    rows = []
+    for side in (16, 32, 64, 128):
+        n = side * side
+        for kind, var, mac, lat in (("block", "vanilla", n * n, n * n), ("block", "lmi", n, n),
+                                    ("arm_block", "lmi", 3 * n, 3 * n)):
+            lat = lat if side > 16 else lat * 50  # fixed per-call cost at 16²: below the fit's range
+            rows.append(dict(kind=kind, variant=var, pixels=n, height=side, width=side, batch=1, threads=1,
+                             dtype="float32", hardware="A", config=None, macs=mac, latency_ms_median=lat,
+                             peak_mem_mb=n / 1e3, measured_at="2026-12-02", channels=64, **{"pass": "fwd"}))
+            # a stale measurement on other hardware, which must not join the line
+            rows.append({**rows[-1], "hardware": "B", "latency_ms_median": 1.0, "measured_at": "2026-11-01"})
+    prof = pd.DataFrame(rows)
+    prof = pd.concat([prof, prof[prof["hardware"] == "A"]])  # hardware A is the most common (repeats: newest wins)
+    t = P.scaling_table(prof).set_index(["variant", "kind"])
+    assert set(t.index) == {("vanilla", "mixer"), ("lmi", "mixer"), ("lmi", "arm block")}
+    assert abs(t.loc[("vanilla", "mixer"), "latency_slope"] - 2.0) < 1e-9
+    assert abs(t.loc[("lmi", "arm block"), "latency_slope"] - 1.0) < 1e-9  # 16² left out of the fit
+    assert (t["sides"] == "32²→128²").all() and (t["hardware"] == "A").all()
+    assert cost_profile("smoke", root=tmp_path) is None and cost_profile("dev", root=tmp_path) is None
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "profile.csv").write_text("kind\n")
+    assert cost_profile("dev", root=tmp_path) == tmp_path / "results" / "profile.csv"
