@@ -298,3 +298,23 @@ def test_ab_ratio_table_gives_the_range_over_runs_of_each_ratio():
                         "| baseline before / after | moebius before / after |")
     # baseline/moebius old 0.50 and 0.60, new 1.00 and 1.25; baseline old/new 1.00, 1.20; moebius 2.00, 2.50
     assert lines[2] == "| 32 | fwd | 0.50–0.60 | 1.00–1.25 | 1.00–1.20 | 2.00–2.50 |"
+
+
+def test_parallel_bench_reads_the_loops_own_rate_and_sums_processes(tmp_path):
+    import json as _json
+
+    import bench_parallel as BP
+
+    m = tmp_path / "metrics.jsonl"
+    rows = [{"kind": "train", "step": s, "images_per_s": r} for s, r in ((10, 1.0), (20, 1.0), (40, 30.0), (50, 20.0), (60, 40.0))]
+    m.write_text("\n".join(_json.dumps(r) for r in rows + [{"kind": "eval", "step": 60, "images_per_s": 999.0}]) + "\n")
+    assert BP.window_rate(m, warmup=30) == 30.0  # the median of the windows past step 30, evals left out
+    with pytest.raises(ValueError, match="no training window"):
+        BP.window_rate(m, warmup=60)
+    df = pd.DataFrame([dict(arm="lmi", mode=mode, round=rnd, process=i, workers=2, images_per_s=v)
+                       for mode, per in (("jobs", (10.0, 10.0)), ("ddp", (50.0,)), ("accum", (12.0, 12.0)))
+                       for rnd in (0, 1) for i, v in enumerate(per)])
+    md = BP.summary_table(df)
+    assert "| lmi | jobs | 2 x 1 | 20.0 | 10.0 | 1.00 |" in md
+    assert "| lmi | ddp | 1 x 2 | 50.0 | 25.0 | 2.50 |" in md  # one ddp run's rate is the machine's total
+    assert "| lmi | accum | 2 x 1 (accum 2) | 24.0 | 12.0 | 1.20 |" in md
