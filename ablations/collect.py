@@ -45,6 +45,9 @@ RUN_COLUMNS = [
     # the starting value of the lambda layers' output gain (model.lambda_gain): empty = none (the paper's
     # layers, and every run recorded before it) or an arm without lambda layers
     "lambda_gain",
+    # data-parallel ranks of the run (torchrun); ``threads`` and ``hardware`` are per rank. Empty for
+    # the runs recorded before it, all of which ran as one process
+    "world_size",
 ]
 EVAL_COLUMNS = ["run_id", "tag", "arm", "size", "seed", "prediction", "loss_weighting", "step", "val_loss", "n",
                 "ddim_steps", "psnr", "psnr_hole", "ssim", "ssim_hole", "lpips", "lpips_hole", "fid", "kid", "kid_std",

@@ -254,7 +254,8 @@ def test_collect_schema(tmp_path):
     ok.mkdir(parents=True)
     bad.mkdir()
     (ok / "config.json").write_text(json.dumps({"arm": "lmi", "size": "tiny", "seed": 0, "preset": "smoke"}))
-    (ok / "summary.json").write_text(json.dumps({"status": "done", "psnr": 21.5, "lpips": 0.3, "config_hash": "abc"}))
+    (ok / "summary.json").write_text(json.dumps({"status": "done", "psnr": 21.5, "lpips": 0.3, "config_hash": "abc",
+                                                 "world_size": 2}))
     (ok / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
     (bad / "error.json").write_text(json.dumps({"status": "failed", "error": "boom", "notebook_params": {"arm": "vanilla", "size": "tiny", "seed": 1}}))
     out = collect(root, tmp_path / "res")
@@ -262,6 +263,7 @@ def test_collect_schema(tmp_path):
     assert list(runs.columns) == RUN_COLUMNS
     assert dict(zip(runs["arm"], runs["status"])) == {"lmi": "done", "vanilla": "failed"}
     assert runs.loc[runs["arm"] == "vanilla", "error"].item() == "boom"
+    assert runs.loc[runs["arm"] == "lmi", "world_size"].item() == 2  # a torchrun run says so (threads are per rank)
     curves = pd.read_csv(tmp_path / "res" / "curves.csv")
     assert list(curves.columns) == CURVE_COLUMNS and curves["loss"].tolist() == [0.5, 0.4]
 
