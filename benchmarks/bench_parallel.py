@@ -48,12 +48,9 @@ def window_rate(metrics: Path, warmup: int) -> float:
 def worker(args) -> int:
     """One training process (under torchrun: one rank): ``run`` stopped after ``--steps`` steps (of a
     run one step longer, so it never reaches its final evaluation), no periodic evaluation."""
-    import torch
-
     from lambda_blocks.config import resolve
     from lambda_blocks.train import run
 
-    torch.set_num_threads(1)
     over = {"train.steps": args.steps + 1, "train.eval_every": 0, "train.ckpt_every": 0, "train.log_every": 10, "train.threads": 1,
             "train.grad_accum": args.accum}
     run(resolve(args.preset, arm=args.arm, seed=args.seed, overrides=over), args.out, progress=False,

@@ -262,6 +262,18 @@ def consistent_block_rows(profile: pd.DataFrame, pass_: str = "fwd", kind: str =
     return prof.drop_duplicates(["variant", "pixels"], keep="last").sort_values("pixels", kind="stable")
 
 
+def cost_rows(profile: pd.DataFrame, pass_: str = "fwd") -> dict[str, pd.DataFrame]:
+    """{kind: rows} of the cost figure and the slopes table: the bare mixers' ``consistent_block_rows``
+    and, where the profile has them, the arm blocks' measured on the same hardware."""
+    out = {"block": consistent_block_rows(profile, pass_)}
+    if (profile["kind"] == "arm_block").any():
+        arm = consistent_block_rows(profile, pass_, kind="arm_block")
+        if "hardware" in arm and len(out["block"]):
+            arm = arm[arm["hardware"] == out["block"]["hardware"].iloc[0]]
+        out["arm_block"] = arm
+    return out
+
+
 def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_resolution",
                            slope_from: int = 32) -> list[Path]:
     """MACs, latency and peak memory vs pixel count, log-log, with fitted slopes: bare token mixers
@@ -272,12 +284,9 @@ def fig_cost_vs_resolution(profile: pd.DataFrame, out_dir, name: str = "cost_vs_
     from matplotlib.ticker import FuncFormatter
 
     style()
-    prof = consistent_block_rows(profile)
-    lines = [(prof, "-", "o", "")]
-    if (profile["kind"] == "arm_block").any():
-        arm = consistent_block_rows(profile, kind="arm_block")
-        lines.append((arm[arm["hardware"] == prof["hardware"].iloc[0]] if "hardware" in arm and len(prof) else arm,
-                      "--", "s", " block"))
+    rows_of = cost_rows(profile)
+    prof = rows_of["block"]
+    lines = [(prof, "-", "o", "")] + ([(rows_of["arm_block"], "--", "s", " block")] if "arm_block" in rows_of else [])
     panels = [("macs", "MACs / sample"), ("latency_ms_median", "latency (ms)"), ("peak_mem_mb", "peak memory (MiB)")]
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.1))
     for ax, (col, ylabel) in zip(axes, panels):
@@ -596,18 +605,16 @@ def scaling_table(profile: pd.DataFrame, min_side: int = 32, pass_: str = "fwd")
     A slope of 1 is linear in the pixels, 2 quadratic. Below 32² fixed per-call costs flatten every
     latency curve, hence the default."""
     rows = []
-    for kind, what in (("block", "mixer"), ("arm_block", "arm block")):
-        prof = consistent_block_rows(profile, pass_, kind) if (profile["kind"] == kind).any() else profile.iloc[:0]
+    for kind, prof in cost_rows(profile, pass_).items():
         prof = prof[prof["pixels"] >= min_side ** 2]
         for var, grp in prof.groupby("variant", sort=False):
             if grp["pixels"].nunique() < 2:
                 continue
             lo, hi = (int(round(v ** 0.5)) for v in (grp["pixels"].min(), grp["pixels"].max()))
-            mem = grp["peak_mem_mb"] if "peak_mem_mb" in grp else pd.Series(dtype=float)
-            rows.append({"variant": var, "kind": what, "sides": f"{lo}²→{hi}²",
-                         "macs_slope": loglog_slope(grp["pixels"], grp["macs"]),
-                         "latency_slope": loglog_slope(grp["pixels"], grp["latency_ms_median"]),
-                         "memory_slope": loglog_slope(grp["pixels"], mem) if mem.notna().sum() >= 2 else np.nan,
+            rows.append({"variant": var, "kind": {"block": "mixer", "arm_block": "arm block"}[kind],
+                         "sides": f"{lo}²→{hi}²",
+                         **{f"{m}_slope": loglog_slope(grp["pixels"], grp[c]) if c in grp else np.nan
+                            for m, c in (("macs", "macs"), ("latency", "latency_ms_median"), ("memory", "peak_mem_mb"))},
                          "hardware": str(grp["hardware"].iloc[0]) if "hardware" in grp else ""})
     return pd.DataFrame(rows)
 
@@ -913,8 +920,7 @@ def ci_header(rows: list[dict], default: float = 0.95) -> str:
     levels = {round(float(r.get("confidence", default)), 6) for r in rows} or {default}
     if len(levels) > 1:
         raise ValueError(f"rows mix confidence levels {sorted(levels)}: one table, one level")
-    c = levels.pop() * 100
-    return f"{c:.0f}% CI" if abs(c - round(c)) < 1e-9 else f"{c:g}% CI"
+    return f"{levels.pop() * 100:g}% CI"
 
 
 def paired_table(rows: list[dict], caption: str) -> str:
